@@ -1,0 +1,402 @@
+"""Context variables -> a typed, immutable Config, with every problem collected.
+
+Rules (documented in the README):
+- an empty string means unset (OneFlow passes unsupplied user inputs as empty strings);
+- every ``FL_X`` may also be given as ``ONEAPP_FL_X`` and ``FLOWER_VERSION`` as
+  ``ONEAPP_FLOWER_VERSION``; the agent's own name wins when both are set and non-empty;
+- YES/NO/AUTO values are case-insensitive; anything else is an error naming the variable,
+  the value (masked when secret) and the accepted forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from agent import flower
+from agent.context import Secret
+from agent.errors import Problem
+
+DEFAULT_DATA_DIR = "/opt/flower/data"
+ISOLATIONS = ("subprocess", "process")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_GPU_UUID = re.compile(rf"^GPU-{_UUID}$")
+_MIG_UUID = re.compile(rf"^MIG-{_UUID}$")
+_MIG_LEGACY = re.compile(rf"^MIG-GPU-{_UUID}/\d+/\d+$")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_IMAGE = re.compile(
+    r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+# Flower's own split of --node-config (flwr/common/config.py parse_config_args).
+_NODE_CONFIG_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+
+
+@dataclass(frozen=True)
+class DeviceSelector:
+    """One entry of FL_CUDA_VISIBLE_DEVICES: an index, a GPU UUID or a MIG UUID."""
+
+    kind: str  # "index" | "gpu_uuid" | "mig_uuid"
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. Defaults are the table in the README."""
+
+    gpu_enabled: str = "AUTO"  # YES | NO | AUTO
+    gpu_required: bool = False
+    cuda_visible_devices: tuple[DeviceSelector, ...] | None = None  # None: all
+    gpu_memory_fraction: float | None = None
+    superlink_address: str | None = None  # host:port; None: discovered through OneGate
+    node_config: str | None = None  # None: partition id from OneGate
+    flower_version: str = flower.DEFAULT_FLOWER_VERSION
+    supernode_image: str = flower.default_image(flower.DEFAULT_FLOWER_VERSION)
+    isolation: str = "subprocess"
+    log_level: str = "INFO"
+    max_retries: int = 0
+    max_wait_time: int = 0
+    tls_enabled: bool = True
+    ssl_ca_cert: str | None = None  # PEM text, decoded from base64
+    toolkit_install: str = "AUTO"  # AUTO | NEVER
+    data_dir: str = DEFAULT_DATA_DIR
+    onegate_endpoint: str | None = None
+    vmid: str | None = None
+    token: Secret | None = field(default=None, repr=False, compare=False)
+    report_ready: bool = False
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpu_enabled != "NO"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view with the secret masked."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "token":
+                value = "***" if value else None
+            elif f.name == "cuda_visible_devices" and value is not None:
+                value = [str(v) for v in value]
+            elif f.name == "ssl_ca_cert" and value:
+                value = f"<PEM, {len(value)} bytes>"
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    config: Config | None
+    problems: tuple[Problem, ...]
+    sources: dict[str, str]  # setting -> the variable name it came from
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Reader:
+    """Reads variables with aliases and collects problems instead of stopping at the first."""
+
+    def __init__(self, variables: Mapping[str, str]) -> None:
+        self.variables = variables
+        self.problems: list[Problem] = []
+        self.sources: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        """The value of `name` or its ONEAPP_ alias; empty means unset."""
+        for candidate in (name, f"ONEAPP_{name}"):
+            value = self.variables.get(candidate, "")
+            if value != "":
+                self.sources[name] = candidate
+                return value
+        return None
+
+    def bad(self, name: str, value: str, accepted: str, *, secret: bool = False) -> None:
+        shown = "***" if secret else repr(value if len(value) <= 80 else value[:77] + "...")
+        self.problems.append(
+            Problem(
+                "invalid_value",
+                self.sources.get(name, name),
+                f"invalid value {shown}",
+                f"accepted: {accepted}",
+            )
+        )
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        if raw.strip().upper() in options:
+            return raw.strip().upper()
+        self.bad(name, raw, ", ".join(options) + " (case-insensitive)")
+        return default
+
+    def yes_no(self, name: str, default: bool) -> bool:
+        return self.choice(name, ("YES", "NO"), "YES" if default else "NO") == "YES"
+
+    def integer(self, name: str) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return 0
+        if re.fullmatch(r"\d{1,9}", raw.strip()):
+            return int(raw.strip())
+        self.bad(name, raw, "an integer >= 0 (0 means unlimited)")
+        return 0
+
+
+def build_config(
+    variables: Mapping[str, str],
+    *,
+    token: Secret | None = None,
+    baked_flower_version: str = flower.DEFAULT_FLOWER_VERSION,
+) -> ConfigResult:
+    """Validate every variable; return the Config (None when any problem) and all problems."""
+    r = _Reader(variables)
+    version = _flower_version(r, baked_flower_version)
+    values = {
+        "gpu_enabled": r.choice("FL_GPU_ENABLED", ("YES", "NO", "AUTO"), "AUTO"),
+        "gpu_required": r.yes_no("FL_GPU_REQUIRED", False),
+        "cuda_visible_devices": _devices(r),
+        "gpu_memory_fraction": _fraction(r),
+        "superlink_address": _address(r),
+        "node_config": _node_config(r),
+        "flower_version": version,
+        "supernode_image": _image(r, version),
+        "isolation": _isolation(r),
+        "log_level": r.choice("FL_LOG_LEVEL", LOG_LEVELS, "INFO"),
+        "max_retries": r.integer("FL_MAX_RETRIES"),
+        "max_wait_time": r.integer("FL_MAX_WAIT_TIME"),
+        "tls_enabled": r.yes_no("FL_TLS_ENABLED", True),
+        "ssl_ca_cert": _ca_cert(r),
+        "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
+        "data_dir": _data_dir(r),
+        "onegate_endpoint": _endpoint(r, variables.get("ONEGATE_ENDPOINT", "")),
+        "vmid": _vmid(r, variables.get("VMID", "")),
+        "report_ready": variables.get("REPORT_READY", "").strip().upper() == "YES",
+    }
+    if values["gpu_enabled"] == "NO" and values["gpu_required"]:
+        r.problems.append(
+            Problem(
+                "conflicting_values",
+                "FL_GPU_REQUIRED",
+                "FL_GPU_REQUIRED=YES contradicts FL_GPU_ENABLED=NO",
+                "set FL_GPU_ENABLED to YES or AUTO, or FL_GPU_REQUIRED to NO",
+            )
+        )
+    problems = tuple(r.problems)
+    config = None if problems else Config(token=token, **values)
+    return ConfigResult(config, problems, dict(r.sources))
+
+
+def _flower_version(r: _Reader, baked: str) -> str:
+    raw = r.get("FLOWER_VERSION")
+    if raw is None:
+        return baked
+    version = raw.strip()
+    if flower.release_for(version) is None:
+        r.bad("FLOWER_VERSION", raw, f"X.Y.Z from {flower.supported_range()}")
+        return baked
+    return version
+
+
+def _image(r: _Reader, version: str) -> str:
+    raw = r.get("FL_SUPERNODE_IMAGE")
+    if raw is None:
+        return flower.default_image(version)
+    if _IMAGE.match(raw.strip()) and len(raw) <= 255:
+        return raw.strip()
+    r.bad("FL_SUPERNODE_IMAGE", raw, "an image reference such as registry:5000/repo/name:tag")
+    return flower.default_image(version)
+
+
+def _isolation(r: _Reader) -> str:
+    raw = r.get("FL_ISOLATION")
+    if raw is None:
+        return "subprocess"
+    if raw.strip().lower() in ISOLATIONS:
+        return raw.strip().lower()
+    r.bad("FL_ISOLATION", raw, ", ".join(ISOLATIONS))
+    return "subprocess"
+
+
+def _devices(r: _Reader) -> tuple[DeviceSelector, ...] | None:
+    raw = r.get("FL_CUDA_VISIBLE_DEVICES")
+    if raw is None or raw.strip().lower() == "all":
+        return None
+    accepted = (
+        "all, or a comma list of GPU indices, GPU-<uuid>, MIG-<uuid>, MIG-GPU-<uuid>/<gi>/<ci>"
+    )
+    selectors: list[DeviceSelector] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        selector = _selector(entry)
+        if selector is None:
+            r.bad("FL_CUDA_VISIBLE_DEVICES", raw, f"{accepted}; bad entry {entry!r}")
+            return None
+        if selector in selectors:
+            r.bad("FL_CUDA_VISIBLE_DEVICES", raw, f"{accepted}; no duplicates ({entry!r} twice)")
+            return None
+        selectors.append(selector)
+    return tuple(selectors)
+
+
+def _selector(entry: str) -> DeviceSelector | None:
+    if re.fullmatch(r"\d{1,3}", entry):
+        return DeviceSelector("index", str(int(entry)))
+    if _GPU_UUID.match(entry):
+        return DeviceSelector("gpu_uuid", entry)
+    if _MIG_UUID.match(entry) or _MIG_LEGACY.match(entry):
+        return DeviceSelector("mig_uuid", entry)
+    return None
+
+
+def _fraction(r: _Reader) -> float | None:
+    raw = r.get("FL_GPU_MEMORY_FRACTION")
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = float("nan")
+    if 0 < value <= 1:
+        return value
+    r.bad("FL_GPU_MEMORY_FRACTION", raw, "a number f with 0 < f <= 1, such as 0.5")
+    return None
+
+
+def parse_host_port(text: str) -> tuple[str, int] | None:
+    """host:port with an IPv4 address, a [bracketed] IPv6 address or a DNS name."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if not match:
+        return None
+    host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
+    if not 0 < int(port) < 65536:
+        return None
+    if match[1]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        return host, int(port)
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return None
+        return host, int(port)
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        return None
+    return host, int(port)
+
+
+def _address(r: _Reader) -> str | None:
+    raw = r.get("FL_SUPERLINK_ADDRESS")
+    if raw is None:
+        return None
+    if parse_host_port(raw.strip()):
+        return raw.strip()
+    r.bad(
+        "FL_SUPERLINK_ADDRESS",
+        raw,
+        "host:port with an IPv4 address, [IPv6] or a DNS name, such as 10.0.0.5:9092",
+    )
+    return None
+
+
+def validate_node_config(text: str) -> str | None:
+    """Why `text` is not a Flower node config (None when it is one)."""
+    pairs = _NODE_CONFIG_PAIR.findall(text)
+    leftover = _NODE_CONFIG_PAIR.sub("", text).strip()
+    if leftover or not pairs:
+        return f"not key=value pairs separated by spaces (left over: {leftover or text!r})"
+    try:
+        tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs))
+    except tomllib.TOMLDecodeError as exc:
+        return f"a value is not TOML ({exc}); quote strings, write true/false in lower case"
+    return None
+
+
+def _node_config(r: _Reader) -> str | None:
+    raw = r.get("FL_NODE_CONFIG")
+    if raw is None:
+        return None
+    why = validate_node_config(raw.strip())
+    if why is None:
+        return raw.strip()
+    r.bad(
+        "FL_NODE_CONFIG",
+        raw,
+        f"space-separated key=value, values in TOML such as partition-id=0 "
+        f'data-path="/app/data" use-gpu=true; {why}',
+    )
+    return None
+
+
+def _ca_cert(r: _Reader) -> str | None:
+    raw = r.get("FL_SSL_CA_CERT")
+    if raw is None:
+        return None
+    pem = decode_pem_base64(raw)
+    if pem is None:
+        r.bad("FL_SSL_CA_CERT", raw, "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)")
+    return pem
+
+
+def decode_pem_base64(raw: str) -> str | None:
+    """base64 of a PEM certificate -> the PEM text, or None when it is not one."""
+    try:
+        text = base64.b64decode("".join(raw.split()), validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return None
+    if "-----BEGIN CERTIFICATE-----" in text and "-----END CERTIFICATE-----" in text:
+        return text
+    return None
+
+
+def _data_dir(r: _Reader) -> str:
+    raw = r.get("FL_DATA_DIR")
+    if raw is None:
+        return DEFAULT_DATA_DIR
+    value = raw.strip()
+    if value.startswith("/") and ".." not in value.split("/") and ":" not in value:
+        return value.rstrip("/") or "/"
+    r.bad("FL_DATA_DIR", raw, "an absolute path without '..' or ':', such as /opt/flower/data")
+    return DEFAULT_DATA_DIR
+
+
+def _endpoint(r: _Reader, raw: str) -> str | None:
+    if raw.strip() == "":
+        return None
+    if re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw.strip()):
+        return raw.strip().rstrip("/")
+    r.problems.append(
+        Problem(
+            "invalid_value",
+            "ONEGATE_ENDPOINT",
+            f"invalid value {raw!r}",
+            "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
+        )
+    )
+    return None
+
+
+def _vmid(r: _Reader, raw: str) -> str | None:
+    if raw.strip() == "":
+        return None
+    if raw.strip().isdigit():
+        return raw.strip()
+    r.problems.append(
+        Problem("invalid_value", "VMID", f"invalid value {raw!r}", "accepted: a VM id (digits)")
+    )
+    return None

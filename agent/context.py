@@ -1,0 +1,321 @@
+"""Finding and parsing the OpenNebula context (context.sh) and the OneGate token.
+
+context.sh is never executed. oned writes it with one grammar (src/vm/VirtualMachineContext.cc):
+comment lines starting with ``#``, blank lines, and ``KEY='value'`` records where the value is
+raw text (newlines included) and a single quote inside it is written as the four characters
+``'\\''``. This module parses exactly that grammar, so the result equals what ``bash`` reads when
+it sources the file, and rejects anything else with its line number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import AgentError, Problem
+from agent.paths import Root
+
+MAX_CONTEXT_BYTES = 4 * 1024 * 1024
+ONE_CONTEXT_STAGE_FILES = ("context.sh.network", "context.sh.local")
+CONTEXT_LABEL = "CONTEXT"
+
+_NAME = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
+_ONE_ENV_TOKEN = re.compile(r'^export TOKENTXT="(.*)"$')
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or JSON."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the agent read: the raw variables exactly as written, where from, and the token."""
+
+    variables: dict[str, str]
+    source: str
+    token: Secret | None = field(default=None, compare=False)
+    token_source: str | None = None
+
+
+def _problem(line: int, message: str, source: str) -> AgentError:
+    return AgentError(
+        Problem(
+            name="context_syntax",
+            subject=f"{source}:{line}",
+            message=message,
+            fix="context.sh must be exactly as oned writes it: comment lines and KEY='value' "
+            "records, a quote inside a value written as '\\''",
+        )
+    )
+
+
+def parse_context(data: bytes, source: str = "context.sh") -> dict[str, str]:
+    """Parse context.sh bytes into {name: value}; raise AgentError naming the line on bad input."""
+    if len(data) > MAX_CONTEXT_BYTES:
+        raise AgentError(
+            Problem(
+                "context_too_large",
+                source,
+                f"{len(data)} bytes, more than the {MAX_CONTEXT_BYTES} a context may have",
+                "check that the file is the VM's context.sh",
+            )
+        )
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise _problem(data.count(b"\n", 0, nul) + 1, "binary data (a NUL byte)", source)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _problem(
+            data.count(b"\n", 0, exc.start) + 1, "text that is not UTF-8", source
+        ) from None
+    return _Parser(data, source).parse()
+
+
+class _Parser:
+    """A single pass over the bytes; `pos` is the offset, `line` the 1-based line number."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        self.data = data
+        self.source = source
+        self.pos = 0
+        self.line = 1
+
+    def parse(self) -> dict[str, str]:
+        result: dict[str, str] = {}
+        while self.pos < len(self.data):
+            start_line = self.line
+            end = self.data.find(b"\n", self.pos)
+            end = len(self.data) if end < 0 else end
+            text = self.data[self.pos : end]
+            if text == b"" or text.startswith(b"#"):
+                self._advance_to(end)
+                continue
+            name, value = self._record(start_line)
+            result[name] = value
+        return result
+
+    def _advance_to(self, end: int) -> None:
+        """Skip a blank or comment line: to just past its newline, or to EOF."""
+        self.pos = end + 1
+        self.line += 1
+
+    def _record(self, start_line: int) -> tuple[str, str]:
+        match = _NAME.match(self.data, self.pos)
+        if not match:
+            raise _problem(
+                start_line, f"expected NAME='value', found {self._preview()}", self.source
+            )
+        name = match.group().decode()
+        self.pos = match.end()
+        if self.data[self.pos : self.pos + 2] != b"='":
+            raise _problem(
+                start_line,
+                f"{name}: expected ='value' after the name, found {self._preview()}",
+                self.source,
+            )
+        self.pos += 1
+        parts: list[bytes] = []
+        while True:
+            parts.append(self._quoted(name, start_line))
+            if self.data[self.pos : self.pos + 3] == b"\\''":
+                parts.append(b"'")
+                self.pos += 2
+                continue
+            break
+        self._end_of_record(name)
+        return name, b"".join(parts).decode()
+
+    def _quoted(self, name: str, start_line: int) -> bytes:
+        """Read one '...' segment starting at the opening quote."""
+        close = self.data.find(b"'", self.pos + 1)
+        if close < 0:
+            raise _problem(start_line, f"{name}: unterminated quote", self.source)
+        segment = self.data[self.pos + 1 : close]
+        self.line += segment.count(b"\n")
+        self.pos = close + 1
+        return segment
+
+    def _end_of_record(self, name: str) -> None:
+        if self.pos == len(self.data):
+            return
+        if self.data[self.pos : self.pos + 1] == b"\n":
+            self.pos += 1
+            self.line += 1
+            return
+        raise _problem(
+            self.line,
+            f"{name}: unexpected text after the closing quote: {self._preview()}",
+            self.source,
+        )
+
+    def _preview(self) -> str:
+        end = self.data.find(b"\n", self.pos)
+        snippet = self.data[self.pos : end if end >= 0 else len(self.data)][:40]
+        return repr(snippet.decode("utf-8", "replace"))
+
+
+# --- rendering, the way oned writes it (used by tests, the demo and the one-context hook) ---
+
+
+def render_context(variables: dict[str, str]) -> str:
+    """Render variables as oned does: header comment, keys sorted by byte order, '\\'' quoting."""
+    lines = ["# Context variables generated by OpenNebula\n"]
+    for name in sorted(variables, key=lambda k: k.encode()):
+        value = variables[name].replace("'", "'\\''")
+        lines.append(f"{name}='{value}'\n")
+    return "".join(lines)
+
+
+# --- sources ---
+
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def load_context(
+    root: Root,
+    context_file: Path | None = None,
+    *,
+    runner: Runner = _run,
+) -> Context:
+    """Read the context from the first source that has one (see the README for the order)."""
+    if context_file is not None:
+        return _from_file(root, Path(context_file), "--context-file")
+    for name in ONE_CONTEXT_STAGE_FILES:
+        path = root.one_context_dir / name
+        if path.is_file():
+            return _from_file(root, path, str(path))
+    if root.prefix == Path("/"):
+        device = find_context_device(runner=runner)
+        if device:
+            return _from_cd(root, device, runner)
+    raise AgentError(
+        Problem(
+            "context_missing",
+            "context",
+            "no context found: no --context-file, no context.sh under "
+            f"{root.one_context_dir}, no CD labelled {CONTEXT_LABEL}",
+            "attach a context CD (CONTEXT section of the VM template) or pass --context-file",
+        )
+    )
+
+
+def _read_bytes(path: Path, label: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AgentError(
+            Problem(
+                "context_unreadable",
+                label,
+                exc.strerror or str(exc),
+                "run the agent as root; one-context keeps its copies mode 0400",
+            )
+        ) from None
+
+
+def _from_file(root: Root, path: Path, label: str) -> Context:
+    variables = parse_context(_read_bytes(path, label), label)
+    token, token_source = _find_token(root, path.parent / "token.txt", variables)
+    return Context(variables, label, token, token_source)
+
+
+def _find_token(
+    root: Root, token_file: Path, variables: dict[str, str]
+) -> tuple[Secret | None, str | None]:
+    """token.txt beside the context, then TOKENTXT from one_env, then ONEGATE_TOKEN."""
+    try:
+        text = token_file.read_text(errors="replace").strip()
+        if text:
+            return Secret(text), str(token_file)
+    except OSError:
+        pass
+    one_env = root.one_context_dir / "one_env"
+    try:
+        with one_env.open(errors="replace") as handle:
+            first = handle.readline().rstrip("\n")
+        match = _ONE_ENV_TOKEN.match(first)
+        if match and match.group(1).strip():
+            return Secret(match.group(1).strip()), str(one_env)
+    except OSError:
+        pass
+    value = variables.get("ONEGATE_TOKEN", "").strip()
+    if value:
+        return Secret(value), "ONEGATE_TOKEN"
+    return None, None
+
+
+def find_context_device(candidates: Sequence[str] = (), *, runner: Runner = _run) -> str | None:
+    """The block device (or image file) labelled CONTEXT, as one-contextd finds it.
+
+    Without candidates, ask blkid to search by label (loop devices excluded, as one-contextd
+    does); with candidates, probe each one's label.
+    """
+    if not candidates:
+        try:
+            found = runner(["blkid", "-l", "-t", f"LABEL={CONTEXT_LABEL}", "-o", "device"])
+        except (OSError, subprocess.SubprocessError):
+            return None
+        devices = [d for d in found.stdout.split() if not d.startswith("/dev/loop")]
+        return devices[0] if found.returncode == 0 and devices else None
+    for device in candidates:
+        try:
+            probe = runner(["blkid", "-o", "value", "-s", "LABEL", device])
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == CONTEXT_LABEL:
+            return device
+    return None
+
+
+def _from_cd(root: Root, device: str, runner: Runner) -> Context:
+    """Mount the context CD read-only, read context.sh and token.txt, always unmount."""
+    mount_dir = Path(tempfile.mkdtemp(prefix="fl-agent-context."))
+    try:
+        mounted = runner(["mount", "-o", "ro", device, str(mount_dir)])
+        if mounted.returncode != 0:
+            raise AgentError(
+                Problem(
+                    "context_mount_failed",
+                    device,
+                    mounted.stderr.strip() or "mount failed",
+                    "check that the context CD is attached and iso9660 is supported",
+                )
+            )
+        try:
+            return _from_file(root, mount_dir / "context.sh", f"{device}:context.sh")
+        finally:
+            runner(["umount", "-l", str(mount_dir)])
+    finally:
+        os.rmdir(mount_dir)
