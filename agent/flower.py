@@ -81,14 +81,19 @@ def supernode_args(
     node_config: str | None,
     max_retries: int,
     max_wait_time: int,
-    clientappio_address: str = "0.0.0.0:9094",
+    clientappio_address: str = "127.0.0.1:9094",
 ) -> list[str]:
     """The `flower-supernode` argv (after the entrypoint); every supported release takes these.
 
     0 for retries or wait time means unlimited, which is flower-supernode's own default, so
     the flag is left out. Values are single argv elements: no shell ever sees them.
     """
-    args = ["--insecure"] if insecure else ["--root-certificates", root_certificates or ""]
+    if insecure:
+        args = ["--insecure"]
+    elif root_certificates:
+        args = ["--root-certificates", root_certificates]
+    else:
+        args = []  # TLS against the system's trusted CAs
     args += ["--superlink", superlink, "--isolation", isolation]
     args += ["--clientappio-api-address", clientappio_address]
     if node_config:
