@@ -87,6 +87,98 @@ def _report_problems(problems, as_json: bool) -> int:
     return ExitCode.INVALID
 
 
+# --- boot and status ---
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from agent.boot import BootOptions, boot
+
+    options = BootOptions(
+        dry_run=args.dry_run,
+        stability_s=args.stability_window,
+        lock_wait_s=args.lock_wait,
+    )
+    outcome = boot(_root(args), args.context_file, options)
+    record = outcome.record
+    if args.dry_run:
+        _emit(record, args.json, lambda: _plan_text(record))
+        return ExitCode.INVALID if outcome.state == "INVALID" else ExitCode.OK
+    _emit(record, args.json, lambda: _outcome_text(record))
+    return outcome.exit_code
+
+
+def _plan_text(record: dict) -> str:
+    plan = record.get("plan")
+    if not plan:
+        return _outcome_text(record)
+    spec = plan["spec"] or {}
+    lines = [f"mode: {plan['mode']} ({plan['reason']})"]
+    if spec:
+        lines += [
+            f"container: {spec['name']}  image: {spec['image']}  hash: {spec['spec_hash']}",
+            f"args: {' '.join(spec['command'])}",
+            "env: " + " ".join(f"{k}={v}" for k, v in spec["environment"].items()),
+        ]
+        if spec["gpu_count"] == -1 or spec["gpu_device_ids"]:
+            lines.append(f"gpus: {spec['gpu_device_ids'] or 'all'}")
+    lines += [f"problem: {p['subject']}: {p['message']}" for p in plan["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def _outcome_text(record: dict) -> str:
+    lines = [f"state: {record.get('state')}  mode: {record.get('mode')}"]
+    container = record.get("container") or {}
+    if container:
+        lines.append(f"container: {container.get('action')} {container.get('container_id')}")
+    lines += [
+        f"problem: {p['subject']}: {p['message']} (fix: {p['fix']})"
+        for p in record.get("problems", [])
+    ]
+    lines += [f"  | {line}" for line in container.get("log_tail", [])]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.state import read_state
+
+    root = _root(args)
+    record = read_state(root)
+    data: dict = {"last_boot": record}
+    if args.remote:
+        data["remote"] = _remote_status(root)
+    _emit(data, args.json, lambda: _status_text(data))
+    if record is None:
+        return ExitCode.FAILED
+    return {"RUNNING": ExitCode.OK, "DEGRADED": ExitCode.DEGRADED}.get(
+        record.get("state"), ExitCode.FAILED
+    )
+
+
+def _remote_status(root) -> dict:
+    from agent.errors import AgentError
+    from agent.inputs import read_inputs
+    from agent.onegate import remote_status
+
+    try:
+        inputs = read_inputs(root, None)
+        if inputs.result.config is None:
+            return {"error": "invalid context: run `fl-agent context`"}
+        return remote_status(inputs.result.config, root)
+    except AgentError as exc:
+        return {"error": str(exc.first)}
+
+
+def _status_text(data: dict) -> str:
+    record = data["last_boot"]
+    text = _outcome_text(record) if record else "no boot has run yet\n"
+    if record:
+        text = f"last boot: {record.get('finished_at')}\n" + text
+    remote = data.get("remote")
+    if remote is not None:
+        text += "OneGate:\n" + "".join(f"  {k}={v}\n" for k, v in remote.items())
+    return text
+
+
 # --- commands whose issues have not landed ---
 
 
@@ -128,7 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     context_file(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_not_built("the boot pipeline issue"))
+    p.add_argument(
+        "--stability-window",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds the container must stay up after a start (default 3)",
+    )
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait this long for another running boot, then exit (default: exit at once)",
+    )
+    p.set_defaults(func=cmd_boot)
 
     p = sub.add_parser("validate", help="validate the GPU stack stage by stage")
     context_file(p)
@@ -138,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the last boot's outcome")
     p.add_argument("--json", action="store_true")
     p.add_argument("--remote", action="store_true", help="also what OneGate holds for this VM")
-    p.set_defaults(func=_not_built("the boot pipeline issue"))
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("host-check", help="check a KVM host for GPU passthrough")
     p.add_argument("--json", action="store_true")

@@ -1,18 +1,28 @@
-"""Logging setup: structlog JSON lines for journald, a readable console on a terminal."""
+"""Logging setup: structlog JSON lines for journald, a readable console on a terminal.
+
+structlog is imported on the first `get()`, not at start, so commands that log nothing
+(`--help`, `status`, `context`) do not pay for the import.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_settings = {"level": "INFO", "stream": None, "configured": False}
 
 
 def configure(level: str = "INFO", *, stream=None) -> None:
-    """Configure structlog once per process. Logs go to stderr so stdout stays for results."""
+    """Remember the level and stream; structlog is set up lazily on first use."""
+    _settings.update(level=level, stream=stream, configured=False)
+
+
+def _setup() -> None:
+    import logging
+
     import structlog
 
-    out = stream or sys.stderr
+    out = _settings["stream"] or sys.stderr
     renderer = (
         structlog.dev.ConsoleRenderer(colors=False)
         if out.isatty()
@@ -25,14 +35,17 @@ def configure(level: str = "INFO", *, stream=None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, _settings["level"])),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _settings["configured"] = True
 
 
 def get(name: str):
     """A bound logger for one concern (`log.get("toolkit")`)."""
     import structlog
 
-    return structlog.get_logger(name)
+    if not _settings["configured"]:
+        _setup()
+    return structlog.get_logger(name).bind(component=name)
