@@ -1,0 +1,275 @@
+"""GPU inventory through NVML (the real `pynvml`, imported lazily), errors turned into causes.
+
+NVML is the primary source: nvidia-smi's output "is not guaranteed to be backwards compatible",
+NVML and its Python bindings are. Every NVML error class maps to a `Problem` with the cause and
+the fix an operator needs (gpu-stack.md section 3.1). GPUs are keyed by UUID: NVML's index may
+differ from CUDA's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.errors import Problem
+
+# NVML return codes (nvml.h); pynvml raises NVMLError subclasses carrying them as `.value`.
+SUCCESS = 0
+NOT_SUPPORTED = 3
+NOT_FOUND = 6
+INVALID_ARGUMENT = 2
+FUNCTION_NOT_FOUND = 13
+MIG_ENABLED = 1
+FABRIC_STATES = {0: "not_supported", 1: "not_started", 2: "in_progress", 3: "completed"}
+
+_DRIVER_FIX = (
+    "install the NVIDIA driver that supports this GPU in the VM image (Debian/Ubuntu: the "
+    "nvidia-driver or cuda-drivers packages, or NVIDIA's .run installer), then reboot"
+)
+# code -> (problem name, cause, fix)
+_CAUSES: dict[int, tuple[str, str, str]] = {
+    12: (
+        "nvml_library_not_found",
+        "libnvidia-ml.so.1 cannot be loaded: no NVIDIA driver userspace is installed",
+        _DRIVER_FIX,
+    ),
+    9: (
+        "gpu_driver_not_loaded",
+        "the NVIDIA kernel module is not loaded",
+        "load it with `modprobe nvidia`; if that fails read the kernel log: 'Key was rejected "
+        "by service' means Secure Boot refuses the unsigned module (sign it with a MOK or "
+        "disable Secure Boot), 'Unknown symbol' or no module means DKMS did not build it for "
+        "the running kernel (`dkms status`, install the headers of `uname -r`)",
+    ),
+    18: (
+        "gpu_driver_mismatch",
+        "the NVML library and the loaded kernel module are different driver versions "
+        "(the driver was updated without a reboot)",
+        "reboot the VM so the new kernel module loads (or unload and reload the nvidia "
+        "modules); hold the driver packages so unattended upgrades cannot do this again",
+    ),
+    15: (
+        "gpu_lost",
+        "the GPU is lost (it fell off the bus)",
+        "reboot the VM; if it happens again check the host: power, PCIe slot, and XID errors "
+        "in the kernel log",
+    ),
+    16: (
+        "gpu_reset_required",
+        "the GPU requires a reset",
+        "reboot the VM; in a passthrough VM the host may have to reset the device "
+        "(MIG mode changes on pre-Hopper GPUs need this)",
+    ),
+    4: (
+        "nvml_no_permission",
+        "NVML was refused access to the GPU",
+        "run the agent as root; check the permissions of /dev/nvidia* and SELinux labels",
+    ),
+    17: (
+        "nvml_blocked_by_os",
+        "the operating system blocked the NVML request",
+        "run the agent as root and check security modules (SELinux, AppArmor) and cgroups",
+    ),
+    13: (
+        "nvml_function_not_found",
+        "the installed driver's NVML lacks a function the agent needs (driver too old)",
+        "install a driver of branch 535 or newer",
+    ),
+    14: (
+        "gpu_inforom_corrupted",
+        "the GPU's infoROM is corrupted",
+        "have the GPU serviced; it should not be used for training",
+    ),
+    8: (
+        "gpu_insufficient_power",
+        "the GPU reports insufficient external power",
+        "check the GPU's power cables on the host",
+    ),
+    10: ("nvml_timeout", "NVML timed out talking to the GPU", "reboot the VM; check the host"),
+    999: (
+        "nvml_unknown_error",
+        "NVML failed with an unknown error",
+        "read the kernel log for NVRM lines; reboot the VM; check the host's GPU",
+    ),
+}
+
+
+def problem_for(code: int, text: str, subject: str = "nvml") -> Problem:
+    """The cause and fix for an NVML error code (`text` is NVML's own wording)."""
+    name, cause, fix = _CAUSES.get(
+        code,
+        ("nvml_error", "NVML failed", "read the kernel log for NVRM lines; reboot the VM"),
+    )
+    return Problem(name, subject, f"{cause} (NVML: {text}, code {code})", fix)
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    uuid: str  # MIG-<uuid>
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+    memory_total: int | None
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """NVLink fabric registration (HGX/NVSwitch systems); CUDA fails with 802 until completed."""
+
+    state: str  # not_supported | not_started | in_progress | completed
+    status: int  # the NVML return code of the registration once completed
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "completed" and self.status == SUCCESS
+
+
+@dataclass(frozen=True)
+class NvmlGpu:
+    index: int
+    uuid: str | None
+    name: str | None = None
+    pci_bus_id: str | None = None  # 00000000:01:00.0
+    memory_total: int | None = None  # bytes
+    compute_capability: str | None = None  # "9.0"
+    mig_mode: bool | None = None  # None: the GPU has no MIG
+    mig_pending: bool | None = None
+    mig_devices: tuple[MigDevice, ...] = ()
+    fabric: Fabric | None = None  # None: no fabric on this GPU (or a driver too old to say)
+    problem: Problem | None = None  # this GPU could not be read
+
+
+@dataclass(frozen=True)
+class NvmlFacts:
+    available: bool  # nvmlInit succeeded
+    error: str | None = None  # NVML's error class when it did not (LibraryNotFound, ...)
+    problem: Problem | None = None
+    driver_version: str | None = None
+    cuda_driver_version: int | None = None  # 1000*major + 10*minor (12040 = 12.4)
+    gpus: tuple[NvmlGpu, ...] = field(default=())
+
+    @property
+    def cuda_version(self) -> str | None:
+        v = self.cuda_driver_version
+        return f"{v // 1000}.{v % 1000 // 10}" if v else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["cuda_version"] = self.cuda_version
+        return data
+
+
+def read_nvml() -> NvmlFacts:
+    """Init NVML, read the inventory, shut down. Never raises for NVML's own errors."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return NvmlFacts(False, _class(exc), problem_for(exc.value, str(exc)))
+    driver = cuda = None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = _optional(pynvml, pynvml.nvmlSystemGetCudaDriverVersion)
+        count = pynvml.nvmlDeviceGetCount()
+        gpus = tuple(_gpu(pynvml, i) for i in range(count))
+        return NvmlFacts(True, None, None, driver, cuda, gpus)
+    except pynvml.NVMLError as exc:
+        return NvmlFacts(True, _class(exc), problem_for(exc.value, str(exc)), driver, cuda)
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+def read_fabric(uuids: tuple[str, ...]) -> dict[str, Fabric | None]:
+    """Re-read the fabric state of these GPUs (polled while registration is in progress)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        return {u: _fabric(pynvml, pynvml.nvmlDeviceGetHandleByUUID(u)) for u in uuids}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gpu(nv: Any, index: int) -> NvmlGpu:
+    uuid = None
+    try:
+        handle = nv.nvmlDeviceGetHandleByIndex(index)
+        uuid = nv.nvmlDeviceGetUUID(handle)
+        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, handle)
+        cc = _optional(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
+        mig = _optional(nv, nv.nvmlDeviceGetMigMode, handle)
+        enabled = mig is not None and mig[0] == MIG_ENABLED
+        return NvmlGpu(
+            index=index,
+            uuid=uuid,
+            name=nv.nvmlDeviceGetName(handle),
+            pci_bus_id=_text(nv.nvmlDeviceGetPciInfo(handle).busId),
+            memory_total=memory.total if memory else None,
+            compute_capability=f"{cc[0]}.{cc[1]}" if cc else None,
+            mig_mode=None if mig is None else enabled,
+            mig_pending=None if mig is None else mig[1] == MIG_ENABLED,
+            mig_devices=_mig_devices(nv, handle) if enabled else (),
+            fabric=_fabric(nv, handle),
+        )
+    except nv.NVMLError as exc:
+        return NvmlGpu(index, uuid, problem=problem_for(exc.value, str(exc), f"GPU {index}"))
+
+
+def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
+    """The MIG devices of a GPU in MIG mode; empty slots are skipped like go-nvlib does."""
+    found = []
+    for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        try:
+            mig = nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+        except nv.NVMLError as exc:
+            if exc.value in (NOT_FOUND, INVALID_ARGUMENT):
+                continue
+            raise
+        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, mig)
+        found.append(
+            MigDevice(
+                uuid=nv.nvmlDeviceGetUUID(mig),
+                gpu_instance_id=_optional(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
+                compute_instance_id=_optional(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
+                memory_total=memory.total if memory else None,
+            )
+        )
+    return tuple(found)
+
+
+def _fabric(nv: Any, handle: Any) -> Fabric | None:
+    """Fabric state via nvmlDeviceGetGpuFabricInfoV; None where the GPU or driver has none."""
+    from ctypes import byref
+
+    struct = getattr(nv, "c_nvmlGpuFabricInfoV_t", None)
+    if struct is None:
+        return None
+    info = struct()
+    try:
+        nv.nvmlDeviceGetGpuFabricInfoV(handle, byref(info))
+    except nv.NVMLError as exc:
+        if exc.value in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
+            return None
+        raise
+    state = FABRIC_STATES.get(info.state, f"unknown_{info.state}")
+    return None if state == "not_supported" else Fabric(state, int(info.status))
+
+
+def _optional(nv: Any, fn: Any, *args: Any) -> Any:
+    """Call an NVML query that some GPUs or drivers do not support; None then."""
+    try:
+        return fn(*args)
+    except nv.NVMLError as exc:
+        if exc.value in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
+            return None
+        raise
+
+
+def _class(exc: Exception) -> str:
+    return type(exc).__name__.removeprefix("NVMLError_")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
