@@ -1,0 +1,368 @@
+"""`fl-agent boot`: read everything, decide, then act.
+
+context -> config -> (docker, discovery, image, validation) -> plan -> converge -> outcome.
+Every boot ends in a terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the
+appliance report and, when OneGate is configured, in OneGate; READY=YES only once the
+container runs, never for a FAILED node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import __version__, log
+from agent.config import Config, build_config
+from agent.errors import AgentError, Problem
+from agent.paths import Root
+from agent.plan import GpuVerdict, Plan, PlanInputs, make_plan
+
+EXIT_CODES = {"RUNNING": 0, "FAILED": 1, "INVALID": 2, "DEGRADED": 3}
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    dry_run: bool = False
+    stability_s: float = 3.0
+    docker_timeout_s: float = 60.0
+    lock_wait_s: float = 0.0
+    discovery_attempts: int = 30
+    discovery_interval_s: float = 10.0
+    onegate_timeout_s: float = 10.0
+
+
+@dataclass
+class Outcome:
+    """What a boot decided and did; `record` is what the state file holds."""
+
+    state: str  # RUNNING | DEGRADED | FAILED | INVALID | PLANNED (dry run)
+    record: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.state, 0)
+
+
+class _Run:
+    """One boot: collects timings and problems into the record as it goes."""
+
+    def __init__(self, root: Root, options: BootOptions) -> None:
+        self.root = root
+        self.options = options
+        self.started = time.monotonic()
+        self.record: dict = {
+            "agent_version": __version__,
+            "started_at": _now(),
+            "timings_ms": {},
+            "problems": [],
+        }
+        self.reporter = None
+        self.logger = log.get("boot")
+
+    def timed(self, name: str, func: Callable, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.record["timings_ms"][name] = round((time.monotonic() - start) * 1000, 1)
+
+    def report(self, state: str, **kwargs) -> None:
+        """Send one state change to OneGate (one request), never waiting past its bound."""
+        self.record["last_reported_state"] = state
+        self.logger.info("state", state=state)
+        if self.reporter is None or self.options.dry_run:
+            return
+        from agent.onegate import state_report
+
+        updates, deletes = state_report(state, **kwargs)
+        self.reporter.send(updates, deletes)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def boot(
+    root: Root, context_file: Path | None = None, options: BootOptions | None = None
+) -> Outcome:
+    """Run one boot under the lock and return its outcome (never raises for bad input)."""
+    from agent.state import boot_lock
+
+    options = options or BootOptions()
+    run = _Run(root, options)
+    try:
+        with boot_lock(root, wait_s=options.lock_wait_s):
+            outcome = _boot(run, context_file)
+    except AgentError as exc:  # another boot holds the lock
+        run.record["problems"] = [p.to_dict() for p in exc.problems]
+        return Outcome("FAILED", run.record)
+    return outcome
+
+
+def _boot(run: _Run, context_file: Path | None) -> Outcome:
+    from agent.inputs import read_inputs
+
+    try:
+        inputs = run.timed("context", read_inputs, run.root, context_file)
+    except AgentError as exc:
+        return _finish(run, "INVALID", exc.problems)
+    run.record["context_source"] = inputs.context.source
+    run.reporter = _reporter(run, inputs)
+    run.report("BOOTING", facts=_static_facts(inputs.result.config))
+    config = inputs.result.config
+    if config is None:
+        return _finish(run, "INVALID", inputs.result.problems)
+    run.report("CONFIGURING")
+    try:
+        return _converge(run, config)
+    except AgentError as exc:
+        return _finish(run, "FAILED", exc.problems)
+
+
+def _reporter(run: _Run, inputs):
+    """A OneGate reporter, also for an invalid config (only the OneGate variables are needed)."""
+    from agent.onegate import Reporter
+
+    config = inputs.result.config
+    if config is None:
+        keys = ("ONEGATE_ENDPOINT", "VMID")
+        subset = {k: inputs.context.variables.get(k, "") for k in keys}
+        config = build_config(subset, token=inputs.context.token).config
+    if config is None:
+        return None
+    return Reporter.from_config(config, run.root, total_timeout_s=run.options.onegate_timeout_s)
+
+
+def _static_facts(config: Config | None) -> dict[str, str]:
+    facts = {"FL_AGENT_VERSION": __version__}
+    if config is not None:
+        facts["FL_SUPERNODE_IMAGE"] = config.supernode_image
+        facts["FL_FLOWER_VERSION"] = config.flower_version
+    return facts
+
+
+def _converge(run: _Run, config: Config) -> Outcome:
+    from agent import supernode
+
+    client = run.timed("docker", _docker, run)
+    found = run.timed("discovery", _discover, run, config)
+    if found.problems:
+        return _finish(run, "FAILED", found.problems)
+    if not run.options.dry_run:
+        problem = run.timed("image", supernode.ensure_image, client, config.supernode_image)
+        if problem:
+            return _finish(run, "FAILED", (problem,))
+    run.report("VALIDATING")
+    verdict, gpu_facts = run.timed("validation", _validate, run, config, client)
+    plan = make_plan(
+        config,
+        PlanInputs(
+            gpu=verdict,
+            superlink=found.superlink_address,
+            node_config=found.node_config,
+            data_dir_host=str(run.root.path(config.data_dir)),
+            ca_host_path=found.ca_path,
+            image_user=supernode.image_user(client, config.supernode_image) if client else None,
+        ),
+    )
+    run.record["plan"] = plan.to_dict()
+    if run.options.dry_run:
+        return Outcome("PLANNED", run.record)
+    if plan.spec is None:
+        return _finish(run, "FAILED", plan.problems, gpu_facts)
+    _prepare_mounts(run.root, config)
+    run.report("STARTING")
+    result = run.timed("converge", _converge_with_retry, run, client, plan)
+    run.record["container"] = result.to_dict()
+    if not result.running:
+        return _finish(run, "FAILED", plan.problems + result.problems, gpu_facts)
+    degraded = plan.degraded or result.gpu_start_error is not None
+    problems = plan.problems + (
+        (_gpu_start_problem(result.gpu_start_error),) if result.gpu_start_error else ()
+    )
+    mode = result.spec.mode if result.spec else plan.mode
+    return _finish(run, "DEGRADED" if degraded else "RUNNING", problems, gpu_facts, mode=mode)
+
+
+def _docker(run: _Run):
+    from agent import supernode
+
+    timeout = (
+        min(run.options.docker_timeout_s, 5.0)
+        if run.options.dry_run
+        else run.options.docker_timeout_s
+    )
+    try:
+        return supernode.connect(timeout_s=timeout)
+    except AgentError:
+        if run.options.dry_run:
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class _Found:
+    superlink_address: str | None
+    node_config: str | None
+    ca_path: str | None
+    problems: tuple[Problem, ...] = ()
+
+
+def _discover(run: _Run, config: Config) -> _Found:
+    """Static values first; OneGate only for what the context leaves empty."""
+    needs_ca = config.tls_enabled and config.ssl_ca_cert is None
+    if config.superlink_address and config.node_config and not needs_ca:
+        return _Found(config.superlink_address, config.node_config, None)
+    from agent import discovery
+
+    if config.superlink_address and config.tls_enabled and config.ssl_ca_cert:
+        ca_pem = config.ssl_ca_cert
+        found = None
+    else:
+        found = discovery.discover(
+            config,
+            run.reporter,
+            attempts=run.options.discovery_attempts,
+            interval_s=run.options.discovery_interval_s,
+        )
+        run.record["discovery"] = found.to_dict()
+        ca_pem = found.ca_pem
+    if (
+        found is not None
+        and found.problems
+        and not (found.superlink_address or config.superlink_address)
+    ):
+        return _Found(None, None, None, found.problems)
+    ca_path = None
+    if config.tls_enabled and ca_pem and not run.options.dry_run:
+        ca_path = str(discovery.write_ca(ca_pem, run.root))
+    address = config.superlink_address or (found.superlink_address if found else None)
+    node_config = config.node_config or (found.node_config if found else None)
+    return _Found(address, node_config, ca_path)
+
+
+def _validate(run: _Run, config: Config, client) -> tuple[GpuVerdict, object]:
+    """The staged validation's verdict (skipped outright when FL_GPU_ENABLED=NO)."""
+    if not config.wants_gpu:
+        run.record["validation"] = {"verdict": "CPU_ONLY", "mode": "CPU", "stages": []}
+        return GpuVerdict("CPU_ONLY"), None
+    from agent import validation
+
+    report = validation.validate(
+        config, run.root, docker_client=client, repair=not run.options.dry_run
+    )
+    run.record["validation"] = report.to_dict()
+    selected = tuple(report.selected) if report.selected else ()
+    return GpuVerdict(
+        report.verdict, selected, report.selected is None, report.problem
+    ), report.facts
+
+
+def _converge_with_retry(run: _Run, client, plan: Plan):
+    """Converge; if the engine went away mid-boot, wait for it once and converge again."""
+    from docker.errors import APIError, DockerException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    from agent import supernode
+
+    for attempt in (1, 2):
+        try:
+            return supernode.converge(
+                client, plan.spec, fallback=plan.fallback, stability_s=run.options.stability_s
+            )
+        except (RequestsConnectionError, DockerException) as exc:
+            if (
+                isinstance(exc, APIError)
+                and exc.response is not None
+                and attempt == 1
+                and exc.response.status_code < 500
+            ):
+                raise AgentError(
+                    Problem(
+                        "container_start_failed",
+                        plan.spec.name,
+                        str(exc)[:300],
+                        "check the image and its arguments",
+                    )
+                ) from None
+            if attempt == 2:
+                raise AgentError(
+                    Problem(
+                        "docker_unavailable",
+                        "docker",
+                        str(exc)[:300],
+                        "check `systemctl status docker`",
+                    )
+                ) from None
+            run.logger.warning("docker engine went away, waiting", error=str(exc)[:200])
+            client = supernode.connect(timeout_s=run.options.docker_timeout_s)
+    raise AssertionError("unreachable")
+
+
+def _prepare_mounts(root: Root, config: Config) -> None:
+    """The data directory must exist for the bind mount; readable by the image's user."""
+    data = root.path(config.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(data.stat().st_mode | 0o055)
+
+
+def _gpu_start_problem(message: str) -> Problem:
+    return Problem(
+        "gpu_start_failed",
+        "flower-supernode",
+        f"the engine refused the GPU request, running on CPU: {message[:200]}",
+        "run `fl-agent validate`; install the NVIDIA Container Toolkit, restart Docker",
+    )
+
+
+def _finish(run: _Run, state: str, problems, gpu_facts=None, mode: str | None = None) -> Outcome:
+    """The terminal record: state file, appliance report, OneGate (READY only when running)."""
+    problems = tuple(problems)
+    run.record.update(
+        state=state if state != "INVALID" else "FAILED",
+        invalid_config=state == "INVALID",
+        mode=mode or "NONE",
+        finished_at=_now(),
+        problems=[p.to_dict() for p in problems],
+    )
+    run.record["timings_ms"]["total"] = round((time.monotonic() - run.started) * 1000, 1)
+    outcome = Outcome(state, run.record)
+    if run.options.dry_run:
+        return outcome
+    _write_outputs(run, problems, gpu_facts, mode)
+    return outcome
+
+
+def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
+    from agent import appliance
+    from agent.state import write_state
+
+    terminal = run.record["state"]
+    running = terminal in ("RUNNING", "DEGRADED")
+    error = (problems[0].name, problems[0].message) if problems else None
+    facts = _gpu_attributes(gpu_facts, mode, run.record.get("validation"))
+    run.report(terminal, facts=facts, error=error, ready=running)
+    problem = write_state(run.root, run.record)
+    if problem:
+        run.logger.error("state not written", problem=str(problem))
+    appliance.write_service_report(run.root, run.record)
+    if running:
+        appliance.mark_ready(run.root)
+    else:
+        appliance.clear_ready(run.root)
+
+
+def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dict[str, str]:
+    """The FL_GPU_* facts OneGate carries, from the validation's GPU inventory."""
+    from agent.onegate import gpu_attributes
+
+    verdict = (validation or {}).get("verdict", "CPU_ONLY")
+    failed = (validation or {}).get("failed_stage")
+    label = f"FAILED:{failed}" if verdict == "FAILED" and failed else verdict
+    return {
+        "FL_GPU_MODE": "GPU" if mode == "GPU" else "CPU",
+        "FL_VALIDATION": label,
+        **gpu_attributes(gpu_facts),
+    }
