@@ -1,0 +1,389 @@
+/*
+ * A stand-in libnvidia-ml.so.1 for the tests: the real pynvml loads it through
+ * LD_LIBRARY_PATH and calls it exactly as it calls NVIDIA's library.
+ *
+ * What it answers comes from a JSON scenario named by $NVML_STUB_SCENARIO:
+ *   {"init": 0,                      return code of nvmlInit (9 = driver not loaded, ...)
+ *    "driver_version": "550.54.15",
+ *    "cuda_driver_version": 12040,
+ *    "count_error": 0,               return code of nvmlDeviceGetCount_v2
+ *    "devices": [{"name": "...", "uuid": "GPU-...", "pci_bus_id": "00000000:01:00.0",
+ *                 "pci_device_id": 590414046, "memory_total": 85899345920, "cc": [9, 0],
+ *                 "mig": [1, 1],       absent: MIG not supported on this GPU
+ *                 "max_mig": 7,
+ *                 "mig_devices": [{"slot": 0, "uuid": "MIG-...", "gi": 1, "ci": 0,
+ *                                  "memory_total": 10737418240}],
+ *                 "fabric": {"state": 2, "status": 0, "completed_after": 2},
+ *                              absent: not supported; completed_after: calls until state 3
+ *                 "handle_error": 0,    return code of nvmlDeviceGetHandleByIndex_v2
+ *                 "error": 0}]}         return code of every other query on this GPU
+ * Structures follow nvml.h as pynvml declares them (nvmlPciInfo_t, nvmlMemory_t,
+ * nvmlGpuFabricInfo_v2_t).
+ */
+#include <ctype.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int nvmlReturn_t;
+enum {
+    OK = 0, UNINITIALIZED = 1, INVALID_ARGUMENT = 2, NOT_SUPPORTED = 3, NOT_FOUND = 6,
+    INSUFFICIENT_SIZE = 7, UNKNOWN = 999
+};
+
+/* ---- a small JSON reader: enough for the scenario files ---- */
+
+typedef struct json {
+    enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } type;
+    double num;
+    char *str;
+    int n;
+    char **keys;
+    struct json **items;
+} json;
+
+static const char *p;
+
+static void skip(void) { while (*p && isspace((unsigned char)*p)) p++; }
+
+static json *parse_value(void);
+
+static char *parse_string(void) {
+    size_t cap = 64, len = 0;
+    char *out = malloc(cap);
+    p++; /* opening quote */
+    while (*p && *p != '"') {
+        char c = *p++;
+        if (c == '\\' && *p) {
+            c = *p++;
+            if (c == 'n') c = '\n';
+            else if (c == 't') c = '\t';
+        }
+        if (len + 2 > cap) out = realloc(out, cap *= 2);
+        out[len++] = c;
+    }
+    if (*p) p++;
+    out[len] = 0;
+    return out;
+}
+
+static void push(json *j, char *key, json *item) {
+    j->keys = realloc(j->keys, sizeof(char *) * (j->n + 1));
+    j->items = realloc(j->items, sizeof(json *) * (j->n + 1));
+    j->keys[j->n] = key;
+    j->items[j->n++] = item;
+}
+
+static json *parse_value(void) {
+    json *j = calloc(1, sizeof(json));
+    skip();
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        j->type = *p == '{' ? J_OBJ : J_ARR;
+        p++;
+        skip();
+        while (*p && *p != close) {
+            char *key = NULL;
+            if (j->type == J_OBJ) {
+                key = parse_string();
+                skip();
+                if (*p == ':') p++;
+            }
+            push(j, key, parse_value());
+            skip();
+            if (*p == ',') p++;
+            skip();
+        }
+        if (*p) p++;
+    } else if (*p == '"') {
+        j->type = J_STR;
+        j->str = parse_string();
+    } else if (!strncmp(p, "true", 4) || !strncmp(p, "false", 5)) {
+        j->type = J_BOOL;
+        j->num = *p == 't';
+        p += *p == 't' ? 4 : 5;
+    } else if (!strncmp(p, "null", 4)) {
+        p += 4;
+    } else {
+        char *end;
+        j->type = J_NUM;
+        j->num = strtod(p, &end);
+        p = end == p ? p + 1 : end;
+    }
+    return j;
+}
+
+static json *get(json *j, const char *key) {
+    if (!j || j->type != J_OBJ) return NULL;
+    for (int i = 0; i < j->n; i++)
+        if (!strcmp(j->keys[i], key)) return j->items[i];
+    return NULL;
+}
+
+static long long num(json *j, const char *key, long long fallback) {
+    json *v = get(j, key);
+    return v && (v->type == J_NUM || v->type == J_BOOL) ? (long long)v->num : fallback;
+}
+
+static const char *str(json *j, const char *key, const char *fallback) {
+    json *v = get(j, key);
+    return v && v->type == J_STR ? v->str : fallback;
+}
+
+static json *item(json *arr, int i) {
+    return arr && arr->type == J_ARR && i < arr->n ? arr->items[i] : NULL;
+}
+
+/* ---- the scenario ---- */
+
+typedef struct device {
+    json *spec;
+    struct device *parent; /* set on MIG device handles */
+} device;
+
+static json *scenario;
+static int initialized;
+static device gpus[64];
+static device migs[64][8];
+
+static int load(void) {
+    const char *path = getenv("NVML_STUB_SCENARIO");
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return UNKNOWN;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = calloc(1, size + 1);
+    if (fread(text, 1, size, f) != (size_t)size) size = 0;
+    fclose(f);
+    p = text;
+    scenario = parse_value();
+    return OK;
+}
+
+static int device_count(void) {
+    json *devices = get(scenario, "devices");
+    return devices && devices->type == J_ARR ? devices->n : 0;
+}
+
+static int copy_out(const char *value, char *buf, unsigned int length) {
+    if (strlen(value) + 1 > length) return INSUFFICIENT_SIZE;
+    strcpy(buf, value);
+    return OK;
+}
+
+/* A GPU's own error, or its parent's for a MIG handle. */
+static int dev_error(device *d) {
+    if (!initialized) return UNINITIALIZED;
+    if (!d || !d->spec) return INVALID_ARGUMENT;
+    return (int)num(d->parent ? d->parent->spec : d->spec, "error", OK);
+}
+
+#define CHECK(d)                      \
+    do {                              \
+        int _rc = dev_error(d);       \
+        if (_rc != OK) return _rc;    \
+    } while (0)
+
+/* ---- the NVML entry points pynvml calls ---- */
+
+nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    if (!scenario && load() != OK) return UNKNOWN;
+    int rc = (int)num(scenario, "init", OK);
+    if (rc != OK) return rc;
+    for (int i = 0; i < device_count() && i < 64; i++) {
+        gpus[i].spec = item(get(scenario, "devices"), i);
+        gpus[i].parent = NULL;
+    }
+    initialized++;
+    return OK;
+}
+
+nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+nvmlReturn_t nvmlInit(void) { return nvmlInitWithFlags(0); }
+
+nvmlReturn_t nvmlShutdown(void) {
+    if (!initialized) return UNINITIALIZED;
+    initialized--;
+    return OK;
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    switch (result) {
+    case 0: return "Success";
+    case 3: return "Not Supported";
+    case 4: return "Insufficient Permissions";
+    case 6: return "Not Found";
+    case 9: return "Driver Not Loaded";
+    case 15: return "GPU is lost";
+    case 18: return "RM has detected an NVML/RM version mismatch.";
+    default: return "Unknown Error";
+    }
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    if (!initialized) return UNINITIALIZED;
+    return copy_out(str(scenario, "driver_version", "550.54.15"), version, length);
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+    if (!initialized) return UNINITIALIZED;
+    *version = (int)num(scenario, "cuda_driver_version", 12040);
+    return OK;
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
+    return nvmlSystemGetCudaDriverVersion(version);
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!initialized) return UNINITIALIZED;
+    int rc = (int)num(scenario, "count_error", OK);
+    if (rc != OK) return rc;
+    *count = (unsigned int)device_count();
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, device **handle) {
+    if (!initialized) return UNINITIALIZED;
+    if ((int)index >= device_count()) return INVALID_ARGUMENT;
+    int rc = (int)num(gpus[index].spec, "handle_error", OK);
+    if (rc != OK) return rc;
+    *handle = &gpus[index];
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, device **handle) {
+    if (!initialized) return UNINITIALIZED;
+    for (int i = 0; i < device_count(); i++)
+        if (!strcmp(str(gpus[i].spec, "uuid", ""), uuid)) {
+            *handle = &gpus[i];
+            return OK;
+        }
+    return NOT_FOUND;
+}
+
+nvmlReturn_t nvmlDeviceGetName(device *d, char *name, unsigned int length) {
+    CHECK(d);
+    return copy_out(str(d->spec, "name", "NVIDIA Stub GPU"), name, length);
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(device *d, char *uuid, unsigned int length) {
+    CHECK(d);
+    return copy_out(str(d->spec, "uuid", ""), uuid, length);
+}
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(device *d, nvmlPciInfo_t *pci) {
+    CHECK(d);
+    memset(pci, 0, sizeof(*pci));
+    const char *bus_id = str(d->spec, "pci_bus_id", "00000000:01:00.0");
+    snprintf(pci->busId, sizeof(pci->busId), "%s", bus_id);
+    snprintf(pci->busIdLegacy, sizeof(pci->busIdLegacy), "%s", bus_id + 4);
+    sscanf(bus_id, "%x:%x:%x", &pci->domain, &pci->bus, &pci->device);
+    pci->pciDeviceId = (unsigned int)num(d->spec, "pci_device_id", 0);
+    return OK;
+}
+
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo(device *d, nvmlMemory_t *memory) {
+    CHECK(d);
+    memory->total = (unsigned long long)num(d->spec, "memory_total", 0);
+    memory->used = 0;
+    memory->free = memory->total;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(device *d, int *major, int *minor) {
+    CHECK(d);
+    json *cc = get(d->spec, "cc");
+    if (!cc || cc->n < 2) return NOT_SUPPORTED;
+    *major = (int)cc->items[0]->num;
+    *minor = (int)cc->items[1]->num;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetMigMode(device *d, unsigned int *current, unsigned int *pending) {
+    CHECK(d);
+    json *mig = get(d->spec, "mig");
+    if (!mig || mig->n < 2 || d->parent) return NOT_SUPPORTED;
+    *current = (unsigned int)mig->items[0]->num;
+    *pending = (unsigned int)mig->items[1]->num;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(device *d, unsigned int *count) {
+    CHECK(d);
+    if (!get(d->spec, "mig")) return NOT_SUPPORTED;
+    *count = (unsigned int)num(d->spec, "max_mig", 7);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(device *d, unsigned int index, device **mig) {
+    CHECK(d);
+    json *list = get(d->spec, "mig_devices");
+    if (index >= (unsigned int)num(d->spec, "max_mig", 7)) return INVALID_ARGUMENT;
+    int g = (int)(d - gpus);
+    for (int i = 0; list && i < list->n && i < 8; i++) {
+        if (num(list->items[i], "slot", i) == (long long)index) {
+            migs[g][i].spec = list->items[i];
+            migs[g][i].parent = d;
+            *mig = &migs[g][i];
+            return OK;
+        }
+    }
+    return NOT_FOUND;
+}
+
+nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(device *mig, device **parent) {
+    CHECK(mig);
+    if (!mig->parent) return INVALID_ARGUMENT;
+    *parent = mig->parent;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(device *d, unsigned int *id) {
+    CHECK(d);
+    if (!d->parent) return NOT_SUPPORTED;
+    *id = (unsigned int)num(d->spec, "gi", 0);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeInstanceId(device *d, unsigned int *id) {
+    CHECK(d);
+    if (!d->parent) return NOT_SUPPORTED;
+    *id = (unsigned int)num(d->spec, "ci", 0);
+    return OK;
+}
+
+typedef struct {
+    unsigned int version;
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    uint32_t cliqueId;
+    unsigned int state;
+    uint32_t healthMask;
+} nvmlGpuFabricInfo_v2_t;
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(device *d, nvmlGpuFabricInfo_v2_t *info) {
+    CHECK(d);
+    json *fabric = get(d->spec, "fabric");
+    if (!fabric) return NOT_SUPPORTED;
+    static int calls[64];
+    int g = (int)(d - gpus);
+    long long after = num(fabric, "completed_after", -1); /* calls until registration completes */
+    calls[g]++;
+    info->state = after >= 0 && calls[g] > after ? 3 : (unsigned int)num(fabric, "state", 0);
+    info->status = (nvmlReturn_t)num(fabric, "status", OK);
+    info->cliqueId = 0;
+    info->healthMask = 0;
+    return OK;
+}
