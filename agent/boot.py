@@ -355,14 +355,37 @@ def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
 
 
 def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dict[str, str]:
-    """The FL_GPU_* facts OneGate carries, from the validation's GPU inventory."""
-    from agent.onegate import gpu_attributes
+    """The FL_GPU_* facts OneGate carries, from the validation's GPU inventory.
 
+    Lists are joined with ';' (a comma would force base64 through OneGate's escaping).
+    """
     verdict = (validation or {}).get("verdict", "CPU_ONLY")
     failed = (validation or {}).get("failed_stage")
-    label = f"FAILED:{failed}" if verdict == "FAILED" and failed else verdict
-    return {
+    attrs = {
         "FL_GPU_MODE": "GPU" if mode == "GPU" else "CPU",
-        "FL_VALIDATION": label,
-        **gpu_attributes(gpu_facts),
+        "FL_VALIDATION": f"FAILED:{failed}" if verdict == "FAILED" and failed else verdict,
+        "FL_GPU_COUNT": "0",
     }
+    nvml = getattr(gpu_facts, "nvml", None)
+    gpus = [g for g in getattr(nvml, "gpus", ()) if g.uuid]
+    if not gpus:
+        return attrs
+    cuda = nvml.cuda_driver_version
+    attrs.update(
+        FL_GPU_COUNT=str(len(gpus)),
+        FL_GPU_NAMES=";".join(g.name or "unknown" for g in gpus),
+        FL_GPU_UUIDS=";".join(g.uuid for g in gpus),
+        FL_GPU_MEMORY_MIB=";".join(str((g.memory_total or 0) // 2**20) for g in gpus),
+        FL_DRIVER_VERSION=nvml.driver_version or "",
+        FL_CUDA_VERSION=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else "",
+        FL_MIG=";".join(_mig_label(g) for g in gpus),
+    )
+    return {k: v for k, v in attrs.items() if v != ""}
+
+
+def _mig_label(gpu) -> str:
+    if gpu.mig_mode is None:
+        return "UNSUPPORTED"
+    if not gpu.mig_mode:
+        return "OFF"
+    return f"ON:{len(gpu.mig_devices)}"  # MIG on, with that many MIG devices
