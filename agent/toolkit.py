@@ -1,0 +1,749 @@
+"""The NVIDIA Container Toolkit: what is there (`detect`), and making it be there (`ensure`).
+
+Facts come from files under the Root (binaries on dockerd's PATH, the dpkg status file,
+daemon.json, the runtime's config.toml) and, when a client is given, from the engine.
+
+`ensure` is the one repair the validation makes. Each step is bounded in time and runs
+through an injectable `Runner`:
+
+1. packages: the `.deb` files baked into the image (`/opt/fl-agent/nvidia-toolkit/*.deb`,
+   installed together with `dpkg -i`, offline), else NVIDIA's apt repository signed by the
+   keyring shipped in the image (update and install restricted to that one source list);
+2. daemon.json: `nvidia-ctk runtime configure --runtime=docker`, checked afterwards (valid
+   JSON object, every other key kept, `runtimes.nvidia.path` set) and restored from the
+   snapshot when not; then the agent's own merge (`configure_daemon_json`) as the fallback;
+3. `systemctl restart docker`: dockerd registers its GPU driver only at start.
+
+Another root than `/` (a throwaway tree in tests, an image being built) is handled by pointing
+the package tools at it: `dpkg --root=<root>`, and apt through a generated `APT_CONFIG` file
+(`Dir "<root>/"`, dpkg `--root`) that also keeps the host's apt hooks out. Paths written into
+that root (the source list's `signed-by`) are the paths as the apt process sees them. The engine
+restart acts on the live machine, so it runs only for the root `/` or with an injected runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.atomicfile import write_atomic
+from agent.errors import Problem
+from agent.paths import Root
+
+NVIDIA_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"
+KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+BAKED_DIR = "/opt/fl-agent/nvidia-toolkit"
+RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
+DPKG_STATUS = "/var/lib/dpkg/status"
+CTK = "nvidia-ctk"
+HOOK = "nvidia-container-runtime-hook"
+RUNTIME_NAME = "nvidia"
+RUNTIME_PATH = "nvidia-container-runtime"
+# What apt installs (the rest are its dependencies) and what detect reports versions of.
+INSTALL_PACKAGES = ("nvidia-container-toolkit",)
+TOOLKIT_PACKAGES = (
+    "nvidia-container-toolkit",
+    "nvidia-container-toolkit-base",
+    "libnvidia-container-tools",
+    "libnvidia-container1",
+)
+# systemd's default PATH for services: dockerd's PATH when no running dockerd says otherwise.
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STEP_TIMEOUT_S = 120.0
+RESTART_TIMEOUT_S = 60.0
+# apt's words for a repository it cannot reach, and for one whose signature it refuses.
+OFFLINE_MARKERS = (
+    "Could not resolve",
+    "Could not connect",
+    "Temporary failure",
+    "Unable to connect",
+)
+UNTRUSTED_MARKERS = ("NO_PUBKEY", "is not signed", "GPG error")
+UNTRUSTED_FIX = (
+    f"ship NVIDIA's current public key as {KEYRING} (the repository key may have rotated)"
+)
+
+
+# --- running commands ---
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    output: str  # stdout and stderr together
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def tail(self, lines: int = 5) -> str:
+        return " | ".join(self.output.strip().splitlines()[-lines:])
+
+
+class Runner(Protocol):
+    def __call__(
+        self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
+    ) -> RunResult: ...
+
+
+def run_command(
+    argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
+) -> RunResult:
+    """Run argv in its own process group; on timeout kill the whole group (apt spawns dpkg)."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        return RunResult(127, f"{argv[0]}: {exc.strerror}")
+    try:
+        out, _ = proc.communicate(timeout=max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return RunResult(124, f"{out}\ntimed out after {timeout:.0f}s")
+    return RunResult(proc.returncode, out)
+
+
+# --- facts ---
+
+
+@dataclass(frozen=True)
+class ToolkitFacts:
+    """What the toolkit looks like. Paths are system paths as seen inside the Root.
+
+    mode: the runtime mode as the toolkit resolves it for a discrete GPU: `mode = "auto"` (and
+    no config.toml, the toolkit's default) resolves to "legacy" (only Tegra boards without NVML
+    get "csv"; an image asking only for fully qualified CDI devices gets "cdi" per container);
+    "cdi" and "jit-cdi" are "cdi". None when the toolkit is not installed.
+    """
+
+    ctk_path: str | None = None
+    hook_path: str | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+    daemon_runtime: str | None = None
+    default_runtime: str | None = None
+    engine_runtimes: tuple[str, ...] = ()
+    mode: str | None = None
+    mode_configured: str | None = None
+    search_path: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def installed(self) -> bool:
+        return self.ctk_path is not None and self.hook_path is not None
+
+    @property
+    def configured(self) -> bool:
+        """daemon.json names the runtime and, when the engine was asked, the engine has it."""
+        engine_ok = not self.engine_runtimes or RUNTIME_NAME in self.engine_runtimes
+        return self.daemon_runtime is not None and engine_ok
+
+    @property
+    def ready(self) -> bool:
+        return self.installed and self.configured and not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["problems"] = [p.to_dict() for p in self.problems]
+        data["engine_runtimes"] = list(self.engine_runtimes)
+        data["search_path"] = list(self.search_path)
+        data.update(installed=self.installed, configured=self.configured, ready=self.ready)
+        return data
+
+
+def detect(root: Root, docker_client=None) -> ToolkitFacts:
+    """Observe the toolkit; never changes anything."""
+    search = dockerd_search_path(root)
+    ctk, hook = (_which(root, name, search) for name in (CTK, HOOK))
+    daemon, daemon_problem = read_daemon_json(root)
+    runtimes = daemon.get("runtimes") if isinstance(daemon, dict) else None
+    nvidia = runtimes.get(RUNTIME_NAME) if isinstance(runtimes, dict) else None
+    daemon_runtime = nvidia.get("path") if isinstance(nvidia, dict) else None
+    default_runtime = daemon.get("default-runtime") if isinstance(daemon, dict) else None
+    engine_runtimes, engine_problem = _engine_runtimes(docker_client)
+    configured_mode, mode_problem = _configured_mode(root)
+    installed = ctk is not None and hook is not None
+    facts = ToolkitFacts(
+        ctk_path=ctk,
+        hook_path=hook,
+        packages=installed_packages(root, TOOLKIT_PACKAGES),
+        daemon_runtime=daemon_runtime if isinstance(daemon_runtime, str) else None,
+        default_runtime=default_runtime if isinstance(default_runtime, str) else None,
+        engine_runtimes=engine_runtimes,
+        mode=_resolve_mode(configured_mode or "auto") if installed else None,
+        mode_configured=configured_mode,
+        search_path=search,
+    )
+    found = [p for p in (daemon_problem, engine_problem, mode_problem) if p]
+    return _with_problems(facts, [*_state_problems(facts), *found])
+
+
+def _with_problems(facts: ToolkitFacts, problems: list[Problem]) -> ToolkitFacts:
+    return replace(facts, problems=tuple(problems))
+
+
+def _state_problems(facts: ToolkitFacts) -> list[Problem]:
+    if not facts.installed:
+        missing = [n for n, p in ((CTK, facts.ctk_path), (HOOK, facts.hook_path)) if p is None]
+        where = ":".join(facts.search_path)
+        return [
+            Problem(
+                "toolkit_missing",
+                "nvidia-container-toolkit",
+                f"{' and '.join(missing)} not found on dockerd's PATH ({where})",
+                "install the nvidia-container-toolkit package (FL_TOOLKIT_INSTALL=AUTO does it)",
+            )
+        ]
+    if facts.daemon_runtime is None:
+        return [
+            Problem(
+                "toolkit_not_configured",
+                "/etc/docker/daemon.json",
+                "runtimes.nvidia is not set",
+                "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
+            )
+        ]
+    if facts.engine_runtimes and RUNTIME_NAME not in facts.engine_runtimes:
+        return [
+            Problem(
+                "docker_restart_needed",
+                "docker engine",
+                "daemon.json names the nvidia runtime but the running engine does not have it "
+                f"(runtimes: {', '.join(facts.engine_runtimes)})",
+                "systemctl restart docker",
+            )
+        ]
+    return []
+
+
+def dockerd_search_path(root: Root) -> tuple[str, ...]:
+    """dockerd's PATH: from a running dockerd's environment under the Root, else systemd's."""
+    proc = root.proc
+    with contextlib.suppress(OSError):
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() != "dockerd":
+                    continue
+                for var in (entry / "environ").read_bytes().split(b"\0"):
+                    if var.startswith(b"PATH="):
+                        return tuple(d for d in var[5:].decode().split(":") if d)
+    return tuple(SERVICE_PATH.split(":"))
+
+
+def _which(root: Root, name: str, search: Sequence[str]) -> str | None:
+    for directory in search:
+        candidate = root.path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return f"{directory.rstrip('/')}/{name}"
+    return None
+
+
+def installed_packages(root: Root, names: Sequence[str]) -> dict[str, str]:
+    """name -> version for the named packages dpkg has 'install ok installed'."""
+    try:
+        text = root.path(DPKG_STATUS).read_text(errors="replace")
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for stanza in text.split("\n\n"):
+        fields = _stanza_fields(stanza)
+        name = fields.get("Package")
+        if name in names and fields.get("Status") == "install ok installed":
+            found[name] = fields.get("Version", "")
+    return found
+
+
+def _stanza_fields(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in stanza.splitlines():
+        if line[:1] not in (" ", "\t") and ":" in line:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _engine_runtimes(client) -> tuple[tuple[str, ...], Problem | None]:
+    if client is None:
+        return (), None
+    try:
+        info = client.info()
+    except Exception as exc:  # docker.errors.*, requests errors: all mean "no answer"
+        return (), Problem(
+            "docker_unreachable",
+            "docker engine",
+            f"could not ask the engine for its runtimes: {exc}",
+            "systemctl status docker; journalctl -u docker",
+        )
+    return tuple(sorted(info.get("Runtimes") or {})), None
+
+
+def _configured_mode(root: Root) -> tuple[str | None, Problem | None]:
+    path = root.path(RUNTIME_CONFIG)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return None, Problem(
+            "toolkit_config_invalid",
+            RUNTIME_CONFIG,
+            f"cannot read the runtime's config: {exc}",
+            "regenerate it: nvidia-ctk config default --output=" + RUNTIME_CONFIG,
+        )
+    section = data.get("nvidia-container-runtime")
+    mode = section.get("mode") if isinstance(section, dict) else None
+    return (mode if isinstance(mode, str) else None), None
+
+
+def _resolve_mode(configured: str) -> str:
+    if configured == "auto":
+        return "legacy"
+    return "cdi" if configured in ("cdi", "jit-cdi") else configured
+
+
+# --- daemon.json ---
+
+
+def read_daemon_json(root: Root) -> tuple[dict[str, Any] | None, Problem | None]:
+    """The parsed daemon.json: {} when missing or blank; None and a problem when invalid."""
+    path = root.docker_daemon_json
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, _daemon_invalid(f"cannot read it: {exc}")
+    if not text.strip():
+        return {}, None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, _daemon_invalid(f"invalid JSON: {exc}")
+    if not isinstance(data, dict):
+        return None, _daemon_invalid(f"a JSON {type(data).__name__}, not an object")
+    return data, None
+
+
+def _daemon_invalid(message: str) -> Problem:
+    return Problem(
+        "daemon_json_invalid",
+        "/etc/docker/daemon.json",
+        message,
+        "repair the file by hand (dockerd does not start with it either); the agent leaves "
+        "it alone and keeps a copy in daemon.json.fl-agent.bak",
+    )
+
+
+def merged_daemon_json(current: Mapping[str, Any]) -> dict[str, Any]:
+    """`current` with runtimes.nvidia added the way nvidia-ctk adds it; other keys kept."""
+    merged = dict(current)
+    runtimes = dict(merged.get("runtimes") or {})
+    runtimes[RUNTIME_NAME] = {"path": RUNTIME_PATH, "args": []}
+    merged["runtimes"] = runtimes
+    return merged
+
+
+def configure_daemon_json(root: Root) -> Problem | None:
+    """Add runtimes.nvidia to daemon.json itself (nvidia-ctk absent or broken): atomic, backed up.
+
+    The output has nvidia-ctk's shape (sorted keys, 4-space indent). An invalid file is never
+    replaced: it is copied aside and reported.
+    """
+    current, problem = read_daemon_json(root)
+    if current is None:
+        _backup(root.docker_daemon_json)
+        return problem
+    path = root.docker_daemon_json
+    text = json.dumps(merged_daemon_json(current), indent=4, sort_keys=True) + "\n"
+    write_atomic(path, text, mode=_file_mode(path), backup=True)
+    return None
+
+
+def daemon_json_check(before: Mapping[str, Any], after_text: str) -> str | None:
+    """Why `after_text` is not an acceptable daemon.json after configuring; None when it is."""
+    try:
+        after = json.loads(after_text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc})"
+    if not isinstance(after, dict):
+        return "not a JSON object"
+    lost = [k for k, v in before.items() if k != "runtimes" and after.get(k) != v]
+    if lost:
+        return f"keys lost or changed: {', '.join(sorted(lost))}"
+    runtimes = after.get("runtimes")
+    if not isinstance(runtimes, dict):
+        return "runtimes missing"
+    old_runtimes = before.get("runtimes") or {}
+    lost = [k for k in old_runtimes if k != RUNTIME_NAME and runtimes.get(k) != old_runtimes[k]]
+    if lost:
+        return f"runtimes lost or changed: {', '.join(sorted(lost))}"
+    nvidia = runtimes.get(RUNTIME_NAME)
+    if not isinstance(nvidia, dict) or not nvidia.get("path"):
+        return "runtimes.nvidia.path missing"
+    return None
+
+
+def _backup(path: Path) -> Path | None:
+    if not path.exists():
+        return None
+    backup = path.with_name(path.name + ".fl-agent.bak")
+    write_atomic(backup, path.read_bytes(), mode=_file_mode(path))
+    return backup
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644
+
+
+# --- ensure ---
+
+
+@dataclass(frozen=True)
+class ToolkitResult:
+    action: str  # present | installed | skipped | failed
+    facts: ToolkitFacts
+    problem: Problem | None = None
+    duration_ms: int = 0
+    steps: tuple[str, ...] = ()  # what was done, in order, for the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "facts": self.facts.to_dict(),
+            "problem": self.problem.to_dict() if self.problem else None,
+            "duration_ms": self.duration_ms,
+            "steps": list(self.steps),
+        }
+
+
+class _Failed(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass
+class _Job:
+    """One ensure() run: the root, the runner, the deadline and the steps taken."""
+
+    root: Root
+    runner: Runner
+    deadline: float
+    injected_runner: bool
+    repo_url: str
+    steps: list[str] = field(default_factory=list)
+    changed: bool = False
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Failed(
+                Problem(
+                    "toolkit_timeout",
+                    "nvidia-container-toolkit",
+                    "the time allowed for installing the toolkit ran out",
+                    "check the network and the package source, then reboot or run "
+                    "`fl-agent validate` again",
+                )
+            )
+        return left
+
+    def run(self, argv: Sequence[str], limit: float = STEP_TIMEOUT_S, env=None) -> RunResult:
+        timeout = min(limit, self.remaining())
+        result = self.runner(argv, timeout=timeout, env=env if env is not None else _env())
+        self.steps.append(f"{' '.join(argv[:3])}: exit {result.returncode}")
+        return result
+
+
+def ensure(
+    config,
+    root: Root,
+    *,
+    gpu_present: bool,
+    docker_client=None,
+    runner: Runner | None = None,
+    timeout_s: float = 300,
+    repo_url: str = NVIDIA_REPO_URL,
+) -> ToolkitResult:
+    """Make the toolkit present and wired into Docker when a GPU needs it; idempotent.
+
+    `repo_url` is the apt repository (flat, `deb <url> /`) used when no packages are baked in.
+    """
+    started = time.monotonic()
+    facts = detect(root, docker_client)
+
+    def done(action: str, problem: Problem | None, steps=(), after=None) -> ToolkitResult:
+        duration = int((time.monotonic() - started) * 1000)
+        return ToolkitResult(action, after or facts, problem, duration, tuple(steps))
+
+    if facts.ready:
+        return done("present", None)
+    if not gpu_present:
+        return done("skipped", None, ["no GPU: toolkit not needed"])
+    blocking = _blocking_problem(facts)
+    if config.toolkit_install == "NEVER":
+        return done("skipped", blocking, ["FL_TOOLKIT_INSTALL=NEVER: nothing changed"])
+    job = _Job(
+        root=root,
+        runner=runner or run_command,
+        deadline=started + timeout_s,
+        injected_runner=runner is not None,
+        repo_url=repo_url,
+    )
+    try:
+        with _lock(root, job):
+            after = _converge(job, docker_client)
+    except _Failed as failed:
+        return done("failed", failed.problem, job.steps, detect(root, docker_client))
+    if not after.ready:
+        return done("failed", _blocking_problem(after), job.steps, after)
+    return done("installed" if job.changed else "present", None, job.steps, after)
+
+
+def _blocking_problem(facts: ToolkitFacts) -> Problem | None:
+    return facts.problems[0] if facts.problems else None
+
+
+def _converge(job: _Job, client) -> ToolkitFacts:
+    """Under the lock: look again (another run may have finished), then do what is missing."""
+    facts = detect(job.root, client)
+    if not facts.installed:
+        _install(job)
+        facts = detect(job.root, client)
+        if not facts.installed:
+            raise _Failed(_problem("toolkit_install_failed", "installed, yet " + _missing(facts)))
+    if facts.daemon_runtime is None:
+        _configure(job, facts)
+    if job.changed or not facts.configured:
+        _restart_docker(job, client)
+    return detect(job.root, client)
+
+
+def _missing(facts: ToolkitFacts) -> str:
+    problems = _state_problems(facts)
+    return problems[0].message if problems else "incomplete"
+
+
+def _problem(name: str, message: str, fix: str = "") -> Problem:
+    fixes = {
+        "toolkit_install_failed": "see the package tool's output above; install "
+        "nvidia-container-toolkit by hand, or bake its .deb files into " + BAKED_DIR,
+        "toolkit_offline": "give the VM access to nvidia.github.io, or bake the toolkit's "
+        f".deb files into {BAKED_DIR} when building the image",
+        "toolkit_no_source": f"bake the toolkit's .deb files into {BAKED_DIR}, or ship "
+        f"NVIDIA's apt keyring as {KEYRING}",
+        "toolkit_configure_failed": "nvidia-ctk runtime configure --runtime=docker",
+        "docker_restart_failed": "systemctl restart docker; journalctl -u docker",
+        "toolkit_lock_timeout": "another fl-agent is installing the toolkit; wait and retry",
+    }
+    return Problem(name, "nvidia-container-toolkit", message, fix or fixes.get(name, ""))
+
+
+@contextlib.contextmanager
+def _lock(root: Root, job: _Job) -> Iterator[None]:
+    root.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(root.run_dir / "toolkit.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= job.deadline:
+                    raise _Failed(
+                        _problem("toolkit_lock_timeout", "the toolkit lock stayed taken")
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    dirs = [d for d in env.get("PATH", "").split(":") if d]
+    env["PATH"] = ":".join(dirs + [d for d in SERVICE_PATH.split(":") if d not in dirs])
+    env["DEBIAN_FRONTEND"] = "noninteractive"
+    return env
+
+
+# --- install ---
+
+
+def _install(job: _Job) -> None:
+    baked = sorted(job.root.path(BAKED_DIR).glob("*.deb"))
+    if baked:
+        _install_baked(job, baked)
+    elif job.root.path(KEYRING).is_file():
+        _install_from_repo(job)
+    else:
+        raise _Failed(
+            _problem(
+                "toolkit_no_source",
+                f"no packages in {BAKED_DIR} and no NVIDIA apt keyring at {KEYRING}",
+            )
+        )
+    job.changed = True
+
+
+def _install_baked(job: _Job, debs: list[Path]) -> None:
+    dpkg = ["dpkg", f"--root={job.root.prefix}", "--force-confold", "-i"]
+    result = job.run([*dpkg, *(str(d) for d in debs)])
+    if not result.ok:
+        raise _Failed(_problem("toolkit_install_failed", f"dpkg -i failed: {result.tail()}"))
+
+
+def _install_from_repo(job: _Job) -> None:
+    root = job.root
+    keyring = root.path(KEYRING)
+    line = f"deb [signed-by={keyring}] {job.repo_url} /\n"
+    source = root.path(SOURCE_LIST)
+    if not source.is_file() or source.read_text() != line:
+        write_atomic(source, line)
+    env = _apt_env(root)
+    only_ours = [
+        "-o",
+        f"Dir::Etc::SourceList={source}",
+        "-o",
+        "Dir::Etc::SourceParts=-",
+        "-o",
+        "APT::Get::List-Cleanup=0",
+    ]
+    update = job.run(["apt-get", "-q", *only_ours, "update"], env=env)
+    if any(m in update.output for m in OFFLINE_MARKERS):
+        raise _Failed(_problem("toolkit_offline", f"cannot read {job.repo_url}: {update.tail(3)}"))
+    if not update.ok or any(m in update.output for m in UNTRUSTED_MARKERS):
+        message = f"apt-get update of {job.repo_url} failed: {update.tail(3)}"
+        raise _Failed(_problem("toolkit_install_failed", message, fix=UNTRUSTED_FIX))
+    install = ["apt-get", "-q", "-y", "--no-install-recommends", *only_ours, "install"]
+    result = job.run([*install, *INSTALL_PACKAGES], env=env)
+    if not result.ok:
+        raise _Failed(_problem("toolkit_install_failed", f"apt-get install: {result.tail()}"))
+
+
+def _apt_env(root: Root) -> dict[str, str]:
+    """apt's environment: for another root, an APT_CONFIG that points every apt path at it."""
+    env = _env()
+    if root.prefix.resolve() == Path("/"):
+        return env
+    for directory in (
+        "/var/lib/apt/lists/partial",
+        "/var/cache/apt/archives/partial",
+        "/etc/apt/apt.conf.d",
+        "/etc/apt/preferences.d",
+        "/var/log/apt",
+        "/var/lib/dpkg/info",
+        "/var/lib/dpkg/updates",
+    ):
+        root.path(directory).mkdir(parents=True, exist_ok=True)
+    status = root.path(DPKG_STATUS)
+    if not status.exists():
+        status.touch()
+    prefix = root.prefix.resolve()
+    conf = root.run_dir / "apt.conf"
+    conf.write_text(
+        f'Dir "{prefix}/";\nAPT::Sandbox::User "root";\nDPkg::Options:: "--root={prefix}";\n'
+    )
+    env["APT_CONFIG"] = str(conf)
+    return env
+
+
+# --- configure and restart ---
+
+
+def _configure(job: _Job, facts: ToolkitFacts) -> None:
+    """nvidia-ctk first (the vendor's way), checked and undone when bad; then our own merge."""
+    path = job.root.docker_daemon_json
+    before, problem = read_daemon_json(job.root)
+    if before is None:
+        _backup(path)
+        raise _Failed(problem or _daemon_invalid("unreadable"))
+    snapshot = path.read_bytes() if path.exists() else None
+    _backup(path)
+    if facts.ctk_path is not None:
+        ctk = str(job.root.path(facts.ctk_path))
+        result = job.run([ctk, "runtime", "configure", "--runtime=docker", f"--config={path}"])
+        after = path.read_text(errors="replace") if path.exists() else ""
+        why = None if result.ok else f"exit {result.returncode}: {result.tail(2)}"
+        why = why or daemon_json_check(before, after)
+        if why is None:
+            job.changed = True
+            return
+        _restore(path, snapshot)
+        job.steps.append(f"nvidia-ctk left daemon.json unusable ({why}); restored it")
+    problem = configure_daemon_json(job.root)
+    if problem:
+        raise _Failed(problem)
+    job.steps.append("daemon.json: runtimes.nvidia added by the agent")
+    job.changed = True
+
+
+def _restore(path: Path, snapshot: bytes | None) -> None:
+    if snapshot is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, snapshot, mode=_file_mode(path))
+
+
+def _restart_docker(job: _Job, client) -> None:
+    if not job.injected_runner and job.root.prefix.resolve() != Path("/"):
+        job.steps.append(f"docker restart skipped: root is {job.root.prefix}, not /")
+        return
+    result = job.run(["systemctl", "restart", "docker"], limit=RESTART_TIMEOUT_S)
+    if not result.ok:
+        raise _Failed(_problem("docker_restart_failed", f"restart failed: {result.tail(3)}"))
+    if client is not None:
+        _wait_for_engine(job, client)
+
+
+def _wait_for_engine(job: _Job, client) -> None:
+    wait_until = time.monotonic() + min(RESTART_TIMEOUT_S, job.remaining())
+    while True:
+        try:
+            client.ping()
+            return
+        except Exception:  # the engine is still coming up
+            if time.monotonic() >= wait_until:
+                raise _Failed(
+                    _problem("docker_restart_failed", "the engine did not answer after restart")
+                ) from None
+            time.sleep(0.5)
+
+
+__all__ = [
+    "NVIDIA_REPO_URL",
+    "RunResult",
+    "Runner",
+    "ToolkitFacts",
+    "ToolkitResult",
+    "configure_daemon_json",
+    "detect",
+    "ensure",
+    "read_daemon_json",
+    "run_command",
+]
