@@ -114,6 +114,7 @@ def _boot(run: _Run, context_file: Path | None) -> Outcome:
     config = inputs.result.config
     if config is None:
         return _finish(run, "INVALID", inputs.result.problems)
+    run.record["flower_version"] = config.flower_version
     run.report("CONFIGURING")
     try:
         return _converge(run, config)
@@ -347,11 +348,11 @@ def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
     problem = write_state(run.root, run.record)
     if problem:
         run.logger.error("state not written", problem=str(problem))
-    appliance.write_service_report(run.root, run.record)
-    if running:
-        appliance.mark_ready(run.root)
-    else:
-        appliance.clear_ready(run.root)
+    try:
+        appliance.write_service_report(run.root, run.record)
+        (appliance.mark_ready if running else appliance.clear_ready)(run.root)
+    except OSError as exc:
+        run.logger.error("appliance report not written", error=exc.strerror or str(exc))
 
 
 def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dict[str, str]:
