@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_not_built("the GPU validation issue"))
 
+    from agent.one.commands import register as _register_one
+
+    _register_one(sub)
+
     return parser
 
 

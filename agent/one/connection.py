@@ -31,6 +31,10 @@ class OneInputError(AgentError):
     """What the operator gave is wrong (exit 2), as opposed to a failure of the call (exit 1)."""
 
 
+def invalid_input(subject: str, message: str, fix: str = "") -> OneInputError:
+    return OneInputError(Problem("invalid_input", subject, message, fix))
+
+
 @dataclass(frozen=True)
 class Connection:
     endpoint: str

@@ -1,0 +1,216 @@
+"""`fl-agent one ...`: the command-line face of agent/one (argparse, output, exit codes).
+
+`register` only builds argparse parsers; pyone and jinja2 load when a command runs.
+Exit codes: 0 done, 1 the call failed (server unreachable, authentication, refused),
+2 what was given is invalid (unknown GPU, used GPU, bad range, missing credentials file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.cli import ExitCode
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `one` command group to the top-level subparsers."""
+    one = sub.add_parser("one", help="operator commands on the OpenNebula front-end (pyone)")
+    cmds = one.add_subparsers(dest="one_command", required=True, metavar="ONE_COMMAND")
+
+    p = cmds.add_parser("hosts", help="NVIDIA PCI devices of every host, free or used")
+    _connection_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hosts)
+
+    p = cmds.add_parser("template", help="render (and register) the GPU SuperNode VM template")
+    _connection_flags(p)
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument(
+        "--gpu-address",
+        action="append",
+        metavar="ADDR",
+        help="PCI address of a GPU (BUS:SLOT.FN, as `one hosts` shows); repeat for several",
+    )
+    gpu.add_argument("--gpu-model", metavar="VENDOR:DEVICE", help="any free GPU of this model")
+    p.add_argument("--gpus", type=int, default=1, help="with --gpu-model: how many (default 1)")
+    p.add_argument("--cores", type=int, default=8, help="vCPUs, pinned (default 8)")
+    p.add_argument("--memory", type=int, default=32768, metavar="MB", help="default 32768")
+    p.add_argument("--pin-policy", default="CORE", help="CORE, THREAD, SHARED or NONE")
+    p.add_argument("--name", default="fl-supernode-gpu")
+    p.add_argument("--image", metavar="ID_OR_NAME", help="the appliance image for the disk")
+    p.add_argument("--network", metavar="ID_OR_NAME", help="virtual network for the NIC")
+    p.add_argument("--register", action="store_true", help="allocate it in OpenNebula")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_template)
+
+    p = cmds.add_parser("service", help="the OneFlow service template: SuperLink + SuperNodes")
+    _connection_flags(p)
+    p.add_argument("--supernodes", default="2:10", metavar="MIN:MAX", help="default 2:10")
+    p.add_argument("--superlink-template", type=int, required=True, metavar="ID")
+    p.add_argument("--supernode-template", type=int, required=True, metavar="ID")
+    p.add_argument("--name", default="flower-federation")
+    p.add_argument("--register", action="store_true", help="create it (a OneFlow document)")
+    p.add_argument("--json", action="store_true", help="with --register: the result as JSON")
+    p.set_defaults(func=cmd_service)
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", help="oned XML-RPC URL (default $ONE_XMLRPC or localhost:2633)")
+    p.add_argument(
+        "--auth", metavar="FILE", help="file with user:password (default $ONE_AUTH or one_auth)"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+
+
+# --- handlers ---
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from agent.errors import AgentError
+    from agent.one import inventory
+
+    try:
+        client = _client(args)
+        pool = client.call("hostpool.info")
+    except AgentError as exc:
+        return _fail(exc)
+    devs = [d for d in inventory.devices(pool) if d.is_nvidia]
+    models = inventory.gpu_models(devs)
+    if args.json:
+        data = {
+            "endpoint": client.conn.shown_endpoint,
+            "hosts": inventory.host_states(pool),
+            "devices": [d.to_dict() for d in devs],
+            "models": [m.to_dict() for m in models],
+        }
+        _write(json.dumps(data, indent=2) + "\n")
+    else:
+        _write(_hosts_text(devs, models, inventory.host_states(pool)))
+    return ExitCode.OK
+
+
+def _hosts_text(devs, models, states: dict[str, str]) -> str:
+    rows = [("HOST", "ADDRESS", "VENDOR:DEVICE", "NUMA", "STATE", "DEVICE")]
+    for d in devs:
+        if not d.free:
+            state = f"VM {d.vmid}"
+        else:
+            state = "free" if d.host_usable else f"free, host {states[d.host]}"
+        name = d.device_name if d.is_gpu else f"{d.device_name} (not a GPU: {d.class_name})"
+        rows.append((d.host, d.short_address, d.model, d.numa_node, state, name))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[5]]) for r in rows
+    ]
+    if len(rows) == 1:
+        lines = ["no NVIDIA PCI devices in the host pool (is pci.conf's :filter: '10de:*'?)"]
+    lines.append("")
+    lines.append("free NVIDIA GPUs per model (on hosts the scheduler can use):")
+    lines += [f"  {m.model}  {m.free} of {m.total} free  {m.name}" for m in models] or ["  none"]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from agent.errors import AgentError
+    from agent.one import inventory, vmtemplate
+
+    req = vmtemplate.TemplateRequest(
+        name=args.name,
+        gpu_addresses=tuple(args.gpu_address or ()),
+        gpu_model=args.gpu_model,
+        gpus=args.gpus,
+        cores=args.cores,
+        memory_mb=args.memory,
+        pin_policy=args.pin_policy.upper(),
+        image=args.image,
+        network=args.network,
+    )
+    try:
+        vmtemplate.check_request(req)
+        client = _client(args)
+        devs = inventory.devices(client.call("hostpool.info"))
+        selection = vmtemplate.select_gpus(req, devs)
+        text = vmtemplate.render(req, selection)
+        template_id = client.call("template.allocate", text) if args.register else None
+    except AgentError as exc:
+        return _fail(exc)
+    for warning in selection.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    if args.json:
+        data = {"template": text, "id": template_id, **selection.to_dict()}
+        _write(json.dumps(data, indent=2) + "\n")
+    elif args.register:
+        _write(f"ID: {template_id}\n")
+    else:
+        _write(text)
+    if selection.hosts and not args.json:
+        sys.stderr.write(f"can run now on: {', '.join(selection.hosts)}\n")
+    return ExitCode.OK
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from agent.errors import AgentError
+    from agent.one import service
+
+    try:
+        body = service.build(
+            args.superlink_template,
+            args.supernode_template,
+            service.parse_range(args.supernodes),
+            args.name,
+        )
+        if not args.register:
+            _write(json.dumps(body, indent=2) + "\n")
+            return ExitCode.OK
+        client = _client(args)
+        _check_templates(client, args)
+        doc_id = client.call(
+            "document.allocate", service.document_xml(body), service.SERVICE_TEMPLATE_DOCUMENT
+        )
+    except AgentError as exc:
+        return _fail(exc)
+    _write(
+        json.dumps({"id": doc_id, "template": body}, indent=2) + "\n"
+        if args.json
+        else f"ID: {doc_id}\n"
+    )
+    return ExitCode.OK
+
+
+def _check_templates(client, args: argparse.Namespace) -> None:
+    """Both roles' VM templates exist: OneFlow would only find out at instantiation."""
+    from agent.one.connection import OneInputError, invalid_input
+
+    for flag, template_id in (
+        ("--superlink-template", args.superlink_template),
+        ("--supernode-template", args.supernode_template),
+    ):
+        try:
+            client.call("template.info", template_id, False, False)
+        except OneInputError:
+            raise invalid_input(
+                flag, f"VM template {template_id} does not exist", "see `onetemplate list`"
+            ) from None
+
+
+# --- helpers ---
+
+
+def _client(args: argparse.Namespace):
+    from agent.one.connection import OneClient, resolve
+
+    return OneClient(resolve(args.endpoint, args.auth), timeout=args.timeout)
+
+
+def _fail(exc) -> int:
+    from agent.one.connection import OneInputError
+
+    for problem in exc.problems:
+        sys.stderr.write(f"error: {problem}\n")
+    return ExitCode.INVALID if isinstance(exc, OneInputError) else ExitCode.FAILED
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
