@@ -179,6 +179,27 @@ def _status_text(data: dict) -> str:
     return text
 
 
+# --- host-check ---
+
+
+def cmd_host_check(args: argparse.Namespace) -> int:
+    from agent.host import check_host
+
+    report = check_host(_root(args))
+    _emit(report.to_dict(), args.json, lambda: _stages_text(report.to_dict()))
+    return ExitCode.OK if report.ok else ExitCode.FAILED
+
+
+def _stages_text(data: dict) -> str:
+    lines = []
+    for stage in data["stages"]:
+        lines.append(f"[{stage['status'].upper():>4}] {stage['name']}: {stage['detail']}")
+        if stage["hint"]:
+            lines.append(f"       FIX: {stage['hint']}")
+    lines.append(data["verdict"])
+    return "\n".join(lines) + "\n"
+
+
 # --- commands whose issues have not landed ---
 
 
@@ -248,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("host-check", help="check a KVM host for GPU passthrough")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_not_built("the GPU validation issue"))
+    p.set_defaults(func=cmd_host_check)
 
     from agent.one.commands import register as _register_one
 

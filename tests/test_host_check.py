@@ -1,0 +1,226 @@
+"""`fl-agent host-check` on fixture KVM host trees (/proc, /sys, /etc, OpenNebula's pci.conf)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from agent.host import check_host, pciconf
+from agent.paths import Root
+
+FRONTEND_CONF = "var/lib/one/remotes/etc/im/kvm-probes.d/pci.conf"
+SYNCED_CONF = "var/tmp/one/etc/im/kvm-probes.d/pci.conf"
+GOOD_CONF = """\
+# OpenNebula PCI probe filter
+:filter: '10de:*'   # all NVIDIA
+:short_address: []
+:device_name: []
+:nvidia_vendors: ['10de']
+"""
+DEFAULT_CONF = ":filter: '0:0'\n:short_address: []\n:device_name: []\n"
+
+
+@dataclass
+class Host:
+    """A KVM host as files: everything host-check reads."""
+
+    cmdline: str = "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt"
+    cpu: str = "GenuineIntel"
+    groups: int = 4
+    vfio_loaded: bool = True
+    # (address, device id, class, driver or None)
+    gpus: list[tuple[str, str, str, str | None]] = field(
+        default_factory=lambda: [
+            ("0000:e1:00.0", "0x2330", "0x030200", "vfio-pci"),
+            ("0000:e1:00.1", "0x22a3", "0x040300", "vfio-pci"),  # HDMI audio: not a GPU
+        ]
+    )
+    udev: str | None = 'SUBSYSTEM=="vfio", GROUP="kvm", MODE="0666"\n'
+    pci_conf: str | None = GOOD_CONF
+    synced_conf: str | None = None
+
+    def build(self, base: Path) -> Root:
+        _write(base / "proc/cmdline", self.cmdline + "\n")
+        _write(base / "proc/cpuinfo", f"processor\t: 0\nvendor_id\t: {self.cpu}\n")
+        groups = base / "sys/kernel/iommu_groups"
+        groups.mkdir(parents=True)
+        for n in range(self.groups):
+            (groups / str(n) / "devices").mkdir(parents=True)
+        if self.vfio_loaded:
+            (base / "sys/module/vfio_pci/parameters").mkdir(parents=True)
+        devices = base / "sys/bus/pci/devices"
+        devices.mkdir(parents=True)
+        _device(base, "0000:00:00.0", "0x8086", "0x3e30", "0x060000", None, None)
+        for index, (address, device, klass, driver) in enumerate(self.gpus):
+            _device(base, address, "0x10de", device, klass, driver, index % max(self.groups, 1))
+        if self.udev is not None:
+            _write(base / "etc/udev/rules.d/99-vfio.rules", self.udev)
+        if self.pci_conf is not None:
+            _write(base / FRONTEND_CONF, self.pci_conf)
+        if self.synced_conf is not None:
+            _write(base / SYNCED_CONF, self.synced_conf)
+        return Root(base)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _device(base: Path, address, vendor, device, klass, driver, group) -> None:
+    entry = base / "sys/bus/pci/devices" / address
+    entry.mkdir(parents=True)
+    for name, value in (("vendor", vendor), ("device", device), ("class", klass)):
+        (entry / name).write_text(value + "\n")
+    (entry / "numa_node").write_text("-1\n")
+    if driver:
+        target = base / "sys/bus/pci/drivers" / driver
+        target.mkdir(parents=True, exist_ok=True)
+        (entry / "driver").symlink_to(target)
+    if group is not None and (base / "sys/kernel/iommu_groups" / str(group)).is_dir():
+        (entry / "iommu_group").symlink_to(base / "sys/kernel/iommu_groups" / str(group))
+
+
+def run(tmp_path: Path, host: Host):
+    report = check_host(host.build(tmp_path))
+    return report, {s.name: s for s in report.stages}
+
+
+def test_a_good_host_passes(tmp_path):
+    report, stages = run(tmp_path, Host())
+    assert report.verdict == "PASSED", report.to_dict()
+    assert list(stages) == [
+        "iommu_cmdline",
+        "iommu_groups",
+        "vfio_module",
+        "gpu_binding",
+        "udev_rule",
+        "pci_filter",
+    ]
+    assert all(s.status == "ok" and s.hint == "" for s in report.stages)
+    assert stages["gpu_binding"].detail == "0000:e1:00.0 (0x2330) vfio-pci, IOMMU group 0"
+    assert "4 IOMMU groups" in stages["iommu_groups"].detail
+
+
+def test_iommu_off(tmp_path):
+    report, stages = run(tmp_path, Host(cmdline="BOOT_IMAGE=/vmlinuz ro quiet", groups=0))
+    assert report.verdict == "FAILED"
+    assert stages["iommu_cmdline"].status == "fail"
+    assert "intel_iommu=on iommu=pt" in stages["iommu_cmdline"].hint
+    assert stages["iommu_groups"].status == "fail"
+    assert "VT-d" in stages["iommu_groups"].hint
+
+
+def test_iommu_switched_off_explicitly(tmp_path):
+    _, stages = run(tmp_path, Host(cmdline="ro intel_iommu=on iommu=off"))
+    assert stages["iommu_cmdline"].status == "fail"
+    assert "iommu=off" in stages["iommu_cmdline"].detail
+
+
+def test_intel_iommu_on_only_by_kernel_default_warns(tmp_path):
+    report, stages = run(tmp_path, Host(cmdline="ro quiet"))
+    assert stages["iommu_cmdline"].status == "warn"
+    assert report.verdict == "PASSED_WITH_WARNINGS"
+
+
+def test_amd_iommu_is_on_by_default(tmp_path):
+    _, stages = run(tmp_path, Host(cmdline="ro quiet", cpu="AuthenticAMD"))
+    assert stages["iommu_cmdline"].status == "ok"
+    assert "AMD" in stages["iommu_cmdline"].detail
+
+
+def test_gpu_bound_to_nvidia_instead_of_vfio(tmp_path):
+    gpus = [
+        ("0000:e1:00.0", "0x2330", "0x030200", "vfio-pci"),
+        ("0000:41:00.0", "0x20b5", "0x030200", "nvidia"),
+    ]
+    report, stages = run(tmp_path, Host(gpus=gpus))
+    assert report.verdict == "FAILED"
+    binding = stages["gpu_binding"]
+    assert binding.status == "fail"
+    assert "0000:41:00.0 (0x20b5) nvidia" in binding.detail
+    assert binding.hint == "driverctl set-override 0000:41:00.0 vfio-pci"
+
+
+def test_unbound_gpu_warns(tmp_path):
+    report, stages = run(tmp_path, Host(gpus=[("0000:e1:00.0", "0x2330", "0x030200", None)]))
+    assert stages["gpu_binding"].status == "warn"
+    assert "no driver" in stages["gpu_binding"].detail
+    assert report.verdict == "PASSED_WITH_WARNINGS"
+
+
+def test_no_gpus_fails(tmp_path):
+    report, stages = run(tmp_path, Host(gpus=[]))
+    assert report.verdict == "FAILED"
+    assert stages["gpu_binding"].status == "fail"
+    assert "no NVIDIA GPU" in stages["gpu_binding"].detail
+
+
+def test_pci_conf_without_nvidia(tmp_path):
+    report, stages = run(tmp_path, Host(pci_conf=DEFAULT_CONF))
+    assert report.verdict == "FAILED"
+    assert stages["pci_filter"].status == "fail"
+    assert "0:0" in stages["pci_filter"].detail and "10de:*" in stages["pci_filter"].hint
+
+
+def test_pci_conf_missing_or_stale_copy_warns(tmp_path):
+    _, stages = run(tmp_path / "a", Host(pci_conf=None))
+    assert stages["pci_filter"].status == "warn"
+    _, stages = run(tmp_path / "b", Host(synced_conf=DEFAULT_CONF))
+    assert stages["pci_filter"].status == "warn"
+    assert (
+        "var/tmp/one" in stages["pci_filter"].detail and "onehost sync" in stages["pci_filter"].hint
+    )
+
+
+def test_missing_vfio_module_and_udev_rule_warn(tmp_path):
+    udev = '# SUBSYSTEM=="vfio", GROUP="kvm"\n'
+    report, stages = run(tmp_path, Host(vfio_loaded=False, udev=udev))
+    assert (
+        stages["vfio_module"].status == "warn" and "modprobe vfio-pci" in stages["vfio_module"].hint
+    )
+    assert stages["udev_rule"].status == "warn" and "99-vfio.rules" in stages["udev_rule"].hint
+    assert report.verdict == "PASSED_WITH_WARNINGS"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "nvidia"),
+    [
+        (GOOD_CONF, ["10de:*"], True),
+        (DEFAULT_CONF, ["0:0"], False),
+        (":filter: '8086::0c03,10de:2330'\n", ["8086::0c03", "10de:2330"], True),
+        (":filter: ['8086:*', \"10DE:*\"]\n", ["8086:*", "10DE:*"], True),
+        (
+            ":filter:\n  - '8086:*'\n  - '0x10de:*'  # NVIDIA\n:device_name: []\n",
+            ["8086:*", "0x10de:*"],
+            True,
+        ),
+        (":filter: '*:*'\n", ["*:*"], True),
+        ("# :filter: '10de:*'\n:filter: '1002:*'\n", ["1002:*"], False),
+        (":short_address: ['10de']\n", [], False),
+    ],
+)
+def test_pci_conf_shapes(text, expected, nvidia):
+    filters = pciconf.filters(pciconf.parse(text))
+    assert filters == expected
+    assert any(pciconf.matches_vendor(f) for f in filters) is nvidia
+
+
+def test_cli_json_and_exit_codes(tmp_path, capsys):
+    good = Host().build(tmp_path / "good")
+    assert cli.main(["--root", str(good.prefix), "host-check", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "PASSED"
+    assert set(data["stages"][0]) == {"name", "status", "detail", "hint", "duration_ms"}
+
+    bad = Host(gpus=[("0000:41:00.0", "0x20b5", "0x030200", "nouveau")]).build(tmp_path / "bad")
+    assert cli.main(["--root", str(bad.prefix), "host-check"]) == 1
+    text = capsys.readouterr().out
+    assert (
+        "[FAIL] gpu_binding" in text and "FIX: driverctl set-override 0000:41:00.0 vfio-pci" in text
+    )
+    assert text.rstrip().endswith("FAILED")
