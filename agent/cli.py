@@ -179,6 +179,38 @@ def _status_text(data: dict) -> str:
     return text
 
 
+# --- validate ---
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when the verdict is what the config asks for (PASSED for a wanted, present GPU;
+    CPU_ONLY for NO, or AUTO without a GPU), 1 otherwise, 2 on an invalid configuration."""
+    from agent.errors import AgentError
+    from agent.inputs import read_inputs
+    from agent.validation import validate
+
+    root = _root(args)
+    try:
+        inputs = read_inputs(root, args.context_file)
+    except AgentError as exc:
+        return _report_problems(exc.problems, args.json)
+    if inputs.result.config is None:
+        return _report_problems(inputs.result.problems, args.json)
+    report = validate(inputs.result.config, root, repair=args.repair)
+    data = report.to_dict()
+    _emit(data, args.json, lambda: _validation_text(data))
+    return ExitCode.OK if report.as_requested else ExitCode.FAILED
+
+
+def _validation_text(data: dict) -> str:
+    head = f"FL_GPU_ENABLED={data['requested']}  mode: {data['mode']}"
+    if data["selected"] is not None:
+        head += f"  GPUs: {', '.join(data['selected'])}"
+    text = head + "\n" + _stages_text(data)
+    problem = data["problem"]
+    return text + (f"error class: {problem['name']}\n" if problem else "")
+
+
 # --- host-check ---
 
 
@@ -198,17 +230,6 @@ def _stages_text(data: dict) -> str:
             lines.append(f"       FIX: {stage['hint']}")
     lines.append(data["verdict"])
     return "\n".join(lines) + "\n"
-
-
-# --- commands whose issues have not landed ---
-
-
-def _not_built(issue: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        sys.stderr.write(f"fl-agent {args.command}: not built yet ({issue}).\n")
-        return ExitCode.NOT_BUILT
-
-    return command
 
 
 # --- parser ---
@@ -260,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate the GPU stack stage by stage")
     context_file(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_not_built("the GPU validation issue"))
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="install the NVIDIA Container Toolkit when missing, as boot does "
+        "(default: observe only, change nothing)",
+    )
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("status", help="the last boot's outcome")
     p.add_argument("--json", action="store_true")
