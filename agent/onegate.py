@@ -230,7 +230,10 @@ class OneGateError(AgentError):
 
     @property
     def transient(self) -> bool:
-        """Worth trying again later: no answer, a 5xx, or a 401 (the token can be fixed)."""
+        """Worth trying again later: no answer, a 5xx, a 401 (the token can be fixed) or the
+        server's `Host not permitted` (its configuration can be fixed)."""
+        if self.status == 403:
+            return "Host not permitted" in self.body
         return self.status is None or self.status >= 500 or self.status == 401
 
 
