@@ -473,10 +473,12 @@ class _Job:
             )
         return left
 
-    def run(self, argv: Sequence[str], limit: float = STEP_TIMEOUT_S, env=None) -> RunResult:
+    def run(
+        self, label: str, argv: Sequence[str], limit: float = STEP_TIMEOUT_S, env=None
+    ) -> RunResult:
         timeout = min(limit, self.remaining())
         result = self.runner(argv, timeout=timeout, env=env if env is not None else _env())
-        self.steps.append(f"{' '.join(argv[:3])}: exit {result.returncode}")
+        self.steps.append(f"{label}: exit {result.returncode}")
         return result
 
 
@@ -613,7 +615,7 @@ def _install(job: _Job) -> None:
 
 def _install_baked(job: _Job, debs: list[Path]) -> None:
     dpkg = ["dpkg", f"--root={job.root.prefix}", "--force-confold", "-i"]
-    result = job.run([*dpkg, *(str(d) for d in debs)])
+    result = job.run(f"dpkg -i {len(debs)} baked packages", [*dpkg, *(str(d) for d in debs)])
     if not result.ok:
         raise _Failed(_problem("toolkit_install_failed", f"dpkg -i failed: {result.tail()}"))
 
@@ -634,14 +636,14 @@ def _install_from_repo(job: _Job) -> None:
         "-o",
         "APT::Get::List-Cleanup=0",
     ]
-    update = job.run(["apt-get", "-q", *only_ours, "update"], env=env)
+    update = job.run("apt-get update", ["apt-get", "-q", *only_ours, "update"], env=env)
     if any(m in update.output for m in OFFLINE_MARKERS):
         raise _Failed(_problem("toolkit_offline", f"cannot read {job.repo_url}: {update.tail(3)}"))
     if not update.ok or any(m in update.output for m in UNTRUSTED_MARKERS):
         message = f"apt-get update of {job.repo_url} failed: {update.tail(3)}"
         raise _Failed(_problem("toolkit_install_failed", message, fix=UNTRUSTED_FIX))
     install = ["apt-get", "-q", "-y", "--no-install-recommends", *only_ours, "install"]
-    result = job.run([*install, *INSTALL_PACKAGES], env=env)
+    result = job.run("apt-get install", [*install, *INSTALL_PACKAGES], env=env)
     if not result.ok:
         raise _Failed(_problem("toolkit_install_failed", f"apt-get install: {result.tail()}"))
 
@@ -687,7 +689,8 @@ def _configure(job: _Job, facts: ToolkitFacts) -> None:
     _backup(path)
     if facts.ctk_path is not None:
         ctk = str(job.root.path(facts.ctk_path))
-        result = job.run([ctk, "runtime", "configure", "--runtime=docker", f"--config={path}"])
+        argv = [ctk, "runtime", "configure", "--runtime=docker", f"--config={path}"]
+        result = job.run("nvidia-ctk runtime configure", argv)
         after = path.read_text(errors="replace") if path.exists() else ""
         why = None if result.ok else f"exit {result.returncode}: {result.tail(2)}"
         why = why or daemon_json_check(before, after)
@@ -714,7 +717,9 @@ def _restart_docker(job: _Job, client) -> None:
     if not job.injected_runner and job.root.prefix.resolve() != Path("/"):
         job.steps.append(f"docker restart skipped: root is {job.root.prefix}, not /")
         return
-    result = job.run(["systemctl", "restart", "docker"], limit=RESTART_TIMEOUT_S)
+    result = job.run(
+        "systemctl restart docker", ["systemctl", "restart", "docker"], limit=RESTART_TIMEOUT_S
+    )
     if not result.ok:
         raise _Failed(_problem("docker_restart_failed", f"restart failed: {result.tail(3)}"))
     if client is not None:

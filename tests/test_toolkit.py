@@ -187,14 +187,10 @@ def test_engine_without_the_runtime_means_restart_needed(root):
 
 
 @pytest.mark.docker
-def test_detect_asks_the_real_engine(root):
-    docker = pytest.importorskip("docker")
-    client = docker.from_env()
-    try:
-        facts = toolkit.detect(root, client)
-    finally:
-        client.close()
+def test_detect_asks_the_real_engine(root, docker_client):
+    facts = toolkit.detect(root, docker_client)
     assert "runc" in facts.engine_runtimes
+    assert not any(p.name == "docker_unreachable" for p in facts.problems)
 
 
 def test_an_unreachable_engine_is_a_problem(root):
@@ -440,3 +436,81 @@ def test_the_default_runner_does_not_restart_the_machines_engine(root, repo):
     result = toolkit.ensure(AUTO, root, gpu_present=True)
     assert result.action == "installed"
     assert any("docker restart skipped" in step for step in result.steps)
+
+
+# --- the production path: root "/" inside a container of the local Debian image ---
+
+IN_CONTAINER = """
+import json, shutil, subprocess, sys
+from pathlib import Path
+from agent import toolkit
+from agent.config import Config
+from agent.paths import Root
+
+keyring, url = sys.argv[1], sys.argv[2]
+Path(toolkit.KEYRING).parent.mkdir(parents=True, exist_ok=True)
+shutil.copy(keyring, toolkit.KEYRING)
+Path("/etc/docker").mkdir(parents=True, exist_ok=True)
+Path("/etc/docker/daemon.json").write_text(json.dumps({"log-driver": "journald"}))
+calls = []
+
+def runner(argv, *, timeout, env=None):
+    calls.append(list(argv))
+    if argv[0] == "systemctl":
+        return toolkit.RunResult(0, "")
+    return toolkit.run_command(argv, timeout=timeout, env=env)
+
+results = [
+    toolkit.ensure(Config(), Root(), gpu_present=True, runner=runner, repo_url=url).to_dict()
+    for _ in range(2)
+]
+query = ["dpkg-query", "-W", "-f=${Package} ${Version} ${Status}\\n", "nvidia-container-toolkit*"]
+print(json.dumps({
+    "results": results,
+    "calls": calls,
+    "dpkg": subprocess.run(query, capture_output=True, text=True).stdout,
+    "daemon": Path("/etc/docker/daemon.json").read_text(),
+}))
+"""
+
+
+@pytest.mark.docker
+def test_installs_into_a_debian_system_at_root(docker_client, repo):
+    """apt and dpkg on a real Debian 12 as the VM has it (root "/"), no network."""
+    import uuid
+
+    agent_dir = Path(__file__).resolve().parent.parent / "agent"
+    workdir = repo.keyring.parent
+    container = docker_client.containers.run(
+        "fl-agent/debian:bookworm",
+        ["python3", "-c", IN_CONTAINER, str(repo.keyring), repo.url],
+        name=f"fl-agent-test-toolkit-{uuid.uuid4().hex[:8]}",
+        labels={"fl-agent-test": "toolkit"},
+        environment={"PYTHONPATH": "/src"},
+        volumes={
+            str(agent_dir): {"bind": "/src/agent", "mode": "ro"},
+            str(workdir): {"bind": str(workdir), "mode": "ro"},
+        },
+        network_mode="none",
+        detach=True,
+    )
+    try:
+        status = container.wait(timeout=180)
+        logs = container.logs(stdout=True, stderr=False).decode()
+        assert status["StatusCode"] == 0, container.logs().decode()[-3000:]
+    finally:
+        container.remove(force=True)
+    out = json.loads(logs.strip().splitlines()[-1])
+    first, second = out["results"]
+    assert first["action"] == "installed", first
+    assert first["facts"]["ready"] and first["facts"]["mode"] == "legacy"
+    assert second["action"] == "present" and second["steps"] == []
+    assert [Path(c[0]).name for c in out["calls"]] == [
+        "apt-get",
+        "apt-get",
+        "nvidia-ctk",
+        "systemctl",
+    ]
+    assert "nvidia-container-toolkit 1.17.8-1 install ok installed" in out["dpkg"]
+    assert "nvidia-container-toolkit-base 1.17.8-1 install ok installed" in out["dpkg"]
+    assert out["daemon"] == ctk_shape(toolkit.merged_daemon_json({"log-driver": "journald"}))
