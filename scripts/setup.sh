@@ -27,5 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q -e '.[test]'
+# CPU torch for the ClientApp helper tests only (the agent itself never imports it).
+.venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
 
 bash images/build-base.sh

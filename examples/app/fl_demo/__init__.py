@@ -1,0 +1,1 @@
+"""fl-agent's reference Flower app (Message API, PyTorch)."""
