@@ -231,7 +231,7 @@ class OnedEmulator:
         )
         for method, fn in self._methods().items():
             server.register_function(self._guarded(method, fn), method)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._server = server
         return self.url
 
