@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The agent: its wheel in its own venv under /opt/fl-agent, the units (enabled), the
+# one-context hook and the baked Flower version.
+set -euxo pipefail
+
+venv=/opt/fl-agent/venv
+if [ -f "$FL_STAGE/pip-ca.crt" ]; then
+  install -D -m 0644 "$FL_STAGE/pip-ca.crt" /tmp/fl-agent-pip-ca.crt
+  export PIP_CERT=/tmp/fl-agent-pip-ca.crt
+fi
+if [ -n "${FL_PIP_INDEX_URL:-}" ]; then
+  export PIP_INDEX_URL="$FL_PIP_INDEX_URL"
+fi
+
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "$FL_STAGE"/dist/*.whl
+rm -f /tmp/fl-agent-pip-ca.crt
+ln -sf "$venv/bin/fl-agent" /usr/local/bin/fl-agent
+"$venv/bin/fl-agent" --version
+
+install -m 0644 "$FL_STAGE"/systemd/*.service "$FL_STAGE"/systemd/*.timer /usr/lib/systemd/system/
+install -d -m 0755 /etc/one-context.d
+install -m 0755 "$FL_STAGE/context.d/net-90-fl-agent" /etc/one-context.d/net-90-fl-agent
+systemctl enable fl-agent.service fl-agent-revalidate.timer
+
+# The Flower version the node runs unless the context says otherwise. The agent's own table
+# supplies the default and checks a given one.
+version=${FL_FLOWER_VERSION:-$("$venv/bin/python" -c \
+  'from agent.flower import DEFAULT_FLOWER_VERSION as v; print(v)')}
+"$venv/bin/python" -c \
+  'import sys; from agent.flower import release_for; sys.exit(release_for(sys.argv[1]) is None)' \
+  "$version"
+install -d -m 0755 /etc/fl-agent /etc/one-appliance
+printf '%s\n' "$version" >/etc/fl-agent/flower-version
