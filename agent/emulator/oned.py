@@ -328,3 +328,26 @@ class _Handler(SimpleXMLRPCRequestHandler):
 
 def _elements(fields: dict[str, str | None]) -> str:
     return "".join(f"<{k}>{html.escape(v)}</{k}>" for k, v in fields.items() if v is not None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.emulator.oned [--port 2633]``: serve the default pool until interrupted."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="oned XML-RPC stand-in (hosts with GPUs)")
+    parser.add_argument("--port", type=int, default=2633)
+    parser.add_argument("--session", default="oneadmin:opennebula", help="the user:password")
+    args = parser.parse_args(argv)
+    oned = OnedEmulator(session=args.session)
+    sys.stdout.write(f"oned stand-in on {oned.start(args.port)}\n")
+    sys.stdout.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        oned.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
