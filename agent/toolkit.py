@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.atomicfile import write_atomic
+from agent.config import Config
 from agent.errors import Problem
 from agent.paths import Root
 
@@ -483,7 +484,7 @@ class _Job:
 
 
 def ensure(
-    config,
+    config: Config,
     root: Root,
     *,
     gpu_present: bool,
@@ -553,7 +554,7 @@ def _missing(facts: ToolkitFacts) -> str:
 
 def _problem(name: str, message: str, fix: str = "") -> Problem:
     fixes = {
-        "toolkit_install_failed": "see the package tool's output above; install "
+        "toolkit_install_failed": "the message quotes the package tool; install "
         "nvidia-container-toolkit by hand, or bake its .deb files into " + BAKED_DIR,
         "toolkit_offline": "give the VM access to nvidia.github.io, or bake the toolkit's "
         f".deb files into {BAKED_DIR} when building the image",
