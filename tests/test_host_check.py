@@ -24,6 +24,16 @@ GOOD_CONF = """\
 DEFAULT_CONF = ":filter: '0:0'\n:short_address: []\n:device_name: []\n"
 
 
+NVIDIA, INTEL = "0x10de", "0x8086"
+H100 = ("0000:e1:00.0", NVIDIA, "0x2330", "0x030200")
+H100_AUDIO = ("0000:e1:00.1", NVIDIA, "0x22a3", "0x040300")  # HDMI audio: not a GPU
+ROOT_PORT = ("0000:00:01.0", INTEL, "0x1901", "0x060400")
+
+
+def dev(ident, driver: str | None, group: int | None = 1) -> tuple:
+    return (*ident, driver, group)
+
+
 @dataclass
 class Host:
     """A KVM host as files: everything host-check reads."""
@@ -32,11 +42,12 @@ class Host:
     cpu: str = "GenuineIntel"
     groups: int = 4
     vfio_loaded: bool = True
-    # (address, device id, class, driver or None)
-    gpus: list[tuple[str, str, str, str | None]] = field(
+    # (address, vendor, device, class, driver or None, IOMMU group or None)
+    devices: list[tuple] = field(
         default_factory=lambda: [
-            ("0000:e1:00.0", "0x2330", "0x030200", "vfio-pci"),
-            ("0000:e1:00.1", "0x22a3", "0x040300", "vfio-pci"),  # HDMI audio: not a GPU
+            dev(ROOT_PORT, "pcieport"),
+            dev(H100, "vfio-pci"),
+            dev(H100_AUDIO, "vfio-pci"),
         ]
     )
     udev: str | None = 'SUBSYSTEM=="vfio", GROUP="kvm", MODE="0666"\n'
@@ -52,11 +63,10 @@ class Host:
             (groups / str(n) / "devices").mkdir(parents=True)
         if self.vfio_loaded:
             (base / "sys/module/vfio_pci/parameters").mkdir(parents=True)
-        devices = base / "sys/bus/pci/devices"
-        devices.mkdir(parents=True)
-        _device(base, "0000:00:00.0", "0x8086", "0x3e30", "0x060000", None, None)
-        for index, (address, device, klass, driver) in enumerate(self.gpus):
-            _device(base, address, "0x10de", device, klass, driver, index % max(self.groups, 1))
+        (base / "sys/bus/pci/devices").mkdir(parents=True)
+        _device(base, ("0000:00:00.0", INTEL, "0x3e30", "0x060000", None, 0))
+        for device in self.devices:
+            _device(base, device)
         if self.udev is not None:
             _write(base / "etc/udev/rules.d/99-vfio.rules", self.udev)
         if self.pci_conf is not None:
@@ -71,18 +81,22 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _device(base: Path, address, vendor, device, klass, driver, group) -> None:
+def _device(base: Path, device: tuple) -> None:
+    """A sysfs PCI function; in its IOMMU group's devices/ when the group exists."""
+    address, vendor, device_id, klass, driver, group = device
     entry = base / "sys/bus/pci/devices" / address
     entry.mkdir(parents=True)
-    for name, value in (("vendor", vendor), ("device", device), ("class", klass)):
+    for name, value in (("vendor", vendor), ("device", device_id), ("class", klass)):
         (entry / name).write_text(value + "\n")
     (entry / "numa_node").write_text("-1\n")
     if driver:
         target = base / "sys/bus/pci/drivers" / driver
         target.mkdir(parents=True, exist_ok=True)
         (entry / "driver").symlink_to(target)
-    if group is not None and (base / "sys/kernel/iommu_groups" / str(group)).is_dir():
-        (entry / "iommu_group").symlink_to(base / "sys/kernel/iommu_groups" / str(group))
+    group_dir = base / "sys/kernel/iommu_groups" / str(group)
+    if group is not None and group_dir.is_dir():
+        (entry / "iommu_group").symlink_to(group_dir)
+        (group_dir / "devices" / address).symlink_to(entry)
 
 
 def run(tmp_path: Path, host: Host):
@@ -98,11 +112,13 @@ def test_a_good_host_passes(tmp_path):
         "iommu_groups",
         "vfio_module",
         "gpu_binding",
+        "iommu_isolation",
         "udev_rule",
         "pci_filter",
     ]
     assert all(s.status == "ok" and s.hint == "" for s in report.stages)
-    assert stages["gpu_binding"].detail == "0000:e1:00.0 (0x2330) vfio-pci, IOMMU group 0"
+    assert stages["gpu_binding"].detail == "0000:e1:00.0 (0x2330) vfio-pci, IOMMU group 1"
+    assert stages["iommu_isolation"].detail.startswith("GPU IOMMU groups 1:")
     assert "4 IOMMU groups" in stages["iommu_groups"].detail
 
 
@@ -134,11 +150,9 @@ def test_amd_iommu_is_on_by_default(tmp_path):
 
 
 def test_gpu_bound_to_nvidia_instead_of_vfio(tmp_path):
-    gpus = [
-        ("0000:e1:00.0", "0x2330", "0x030200", "vfio-pci"),
-        ("0000:41:00.0", "0x20b5", "0x030200", "nvidia"),
-    ]
-    report, stages = run(tmp_path, Host(gpus=gpus))
+    a100 = ("0000:41:00.0", NVIDIA, "0x20b5", "0x030200")
+    devices = [dev(H100, "vfio-pci"), dev(a100, "nvidia", group=2)]
+    report, stages = run(tmp_path, Host(devices=devices))
     assert report.verdict == "FAILED"
     binding = stages["gpu_binding"]
     assert binding.status == "fail"
@@ -147,14 +161,14 @@ def test_gpu_bound_to_nvidia_instead_of_vfio(tmp_path):
 
 
 def test_unbound_gpu_warns(tmp_path):
-    report, stages = run(tmp_path, Host(gpus=[("0000:e1:00.0", "0x2330", "0x030200", None)]))
+    report, stages = run(tmp_path, Host(devices=[dev(H100, None)]))
     assert stages["gpu_binding"].status == "warn"
     assert "no driver" in stages["gpu_binding"].detail
     assert report.verdict == "PASSED_WITH_WARNINGS"
 
 
 def test_no_gpus_fails(tmp_path):
-    report, stages = run(tmp_path, Host(gpus=[]))
+    report, stages = run(tmp_path, Host(devices=[dev(ROOT_PORT, "pcieport")]))
     assert report.verdict == "FAILED"
     assert stages["gpu_binding"].status == "fail"
     assert "no NVIDIA GPU" in stages["gpu_binding"].detail
@@ -217,10 +231,29 @@ def test_cli_json_and_exit_codes(tmp_path, capsys):
     assert data["verdict"] == "PASSED"
     assert set(data["stages"][0]) == {"name", "status", "detail", "hint", "duration_ms"}
 
-    bad = Host(gpus=[("0000:41:00.0", "0x20b5", "0x030200", "nouveau")]).build(tmp_path / "bad")
+    bad = Host(devices=[dev(H100, "nouveau")]).build(tmp_path / "bad")
     assert cli.main(["--root", str(bad.prefix), "host-check"]) == 1
     text = capsys.readouterr().out
     assert (
-        "[FAIL] gpu_binding" in text and "FIX: driverctl set-override 0000:41:00.0 vfio-pci" in text
+        "[FAIL] gpu_binding" in text and "FIX: driverctl set-override 0000:e1:00.0 vfio-pci" in text
     )
     assert text.rstrip().endswith("FAILED")
+
+
+def test_audio_function_left_to_the_host_blocks_the_group(tmp_path):
+    devices = [dev(ROOT_PORT, "pcieport"), dev(H100, "vfio-pci"), dev(H100_AUDIO, "snd_hda_intel")]
+    report, stages = run(tmp_path, Host(devices=devices))
+    assert report.verdict == "FAILED"
+    assert stages["gpu_binding"].status == "ok"  # the GPU itself is fine
+    isolation = stages["iommu_isolation"]
+    assert isolation.status == "fail"
+    assert isolation.detail == "group 1: 0000:e1:00.1 bound to snd_hda_intel"
+    assert isolation.hint.startswith("driverctl set-override 0000:e1:00.1 vfio-pci")
+
+
+def test_a_shared_group_without_acs_fails(tmp_path):
+    nic = ("0000:e2:00.0", INTEL, "0x1533", "0x020000")
+    devices = [dev(H100, "vfio-pci"), dev(H100_AUDIO, "vfio-pci"), dev(nic, "igb")]
+    _, stages = run(tmp_path, Host(devices=devices))
+    assert stages["iommu_isolation"].status == "fail"
+    assert "0000:e2:00.0 bound to igb" in stages["iommu_isolation"].detail

@@ -27,6 +27,8 @@ PCI_CONF_PATHS = (
 UDEV_RULES_DIR = "/etc/udev/rules.d"
 UDEV_RULE = 'SUBSYSTEM=="vfio", GROUP="kvm", MODE="0666"'
 STATUS_ORDER = {"ok": 0, "skip": 0, "warn": 1, "fail": 2}
+BRIDGE_CLASS = "0x0604"  # PCI bridges may stay with the host inside a passed-through group
+VFIO_SAFE_DRIVERS = (None, "vfio-pci", "pci-stub")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def check_host(root: Root) -> HostReport:
         iommu_groups,
         vfio_module,
         gpu_binding,
+        iommu_isolation,
         udev_rule,
         pci_filter,
     )
@@ -174,6 +177,36 @@ def _binding_status(gpu: PciGpu) -> str:
     if gpu.driver == "vfio-pci":
         return "ok"
     return "warn" if gpu.driver is None else "fail"
+
+
+def iommu_isolation(root: Root) -> tuple[str, str, str]:
+    """vfio takes a whole IOMMU group: every other endpoint in a GPU's group must be on vfio too.
+
+    Otherwise QEMU stops with "group N is not viable". The usual culprit is the GPU's own HDMI
+    audio function left to snd_hda_intel; next, a board without ACS sharing the group.
+    """
+    gpus = [g for g in scan_pci(root).gpus if g.iommu_group is not None]
+    if not gpus:
+        return "skip", "no NVIDIA GPU in an IOMMU group", ""
+    blockers: list[tuple[str, str, str]] = []
+    for group in sorted({g.iommu_group for g in gpus}):
+        members = root.sys / "kernel/iommu_groups" / group / "devices"
+        for member in sorted(members.iterdir()) if members.is_dir() else ():
+            driver = _driver(member)
+            is_bridge = (_read(member / "class") or "").startswith(BRIDGE_CLASS)
+            if driver not in VFIO_SAFE_DRIVERS and not is_bridge:
+                blockers.append((group, member.name, driver))
+    if not blockers:
+        groups = ", ".join(sorted({g.iommu_group for g in gpus}))
+        return "ok", f"GPU IOMMU groups {groups}: every endpoint is free for vfio", ""
+    detail = "; ".join(f"group {g}: {a} bound to {d}" for g, a, d in blockers)
+    fix = " && ".join(f"driverctl set-override {a} vfio-pci" for _, a, _ in blockers)
+    return "fail", detail, fix + " (or move the GPU to a slot with its own IOMMU group)"
+
+
+def _driver(device: Path) -> str | None:
+    link = device / "driver"
+    return link.resolve().name if link.exists() else None
 
 
 def udev_rule(root: Root) -> tuple[str, str, str]:
