@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from agent.cli import ExitCode
+from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.one.connection import OneClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +73,6 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    from agent.errors import AgentError
     from agent.one import inventory
 
     try:
@@ -91,7 +95,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _hosts_text(devs, models, states: dict[str, str]) -> str:
+def _hosts_text(devs: list, models: list, states: dict[str, str]) -> str:
     rows = [("HOST", "ADDRESS", "VENDOR:DEVICE", "NUMA", "STATE", "DEVICE")]
     for d in devs:
         if not d.free:
@@ -113,7 +117,6 @@ def _hosts_text(devs, models, states: dict[str, str]) -> str:
 
 
 def cmd_template(args: argparse.Namespace) -> int:
-    from agent.errors import AgentError
     from agent.one import inventory, vmtemplate
 
     req = vmtemplate.TemplateRequest(
@@ -151,7 +154,6 @@ def cmd_template(args: argparse.Namespace) -> int:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from agent.errors import AgentError
     from agent.one import service
 
     try:
@@ -179,7 +181,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _check_templates(client, args: argparse.Namespace) -> None:
+def _check_templates(client: OneClient, args: argparse.Namespace) -> None:
     """Both roles' VM templates exist: OneFlow would only find out at instantiation."""
     from agent.one.connection import OneInputError, invalid_input
 
@@ -198,13 +200,13 @@ def _check_templates(client, args: argparse.Namespace) -> None:
 # --- helpers ---
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace) -> OneClient:
     from agent.one.connection import OneClient, resolve
 
     return OneClient(resolve(args.endpoint, args.auth), timeout=args.timeout)
 
 
-def _fail(exc) -> int:
+def _fail(exc: AgentError) -> int:
     from agent.one.connection import OneInputError
 
     for problem in exc.problems:

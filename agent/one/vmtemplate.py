@@ -9,7 +9,8 @@ All PCI entries of a VM come from one host, so several addresses must be free on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import __version__
@@ -44,7 +45,7 @@ class Selection:
 
     pcis: tuple[dict[str, str], ...]
     hosts: tuple[str, ...]  # usable hosts with all of it free
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {"pci": list(self.pcis), "hosts": list(self.hosts), "warnings": list(self.warnings)}
@@ -160,7 +161,7 @@ def _by_model(text: str, count: int, devs: list[PciDevice]) -> Selection:
         )
     pci = {"VENDOR": vendor, "DEVICE": device, "CLASS": cls or same[0].device_class}
     hosts = _hosts_with(devs, lambda d: d in same, count)
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if not hosts:
         free = sum(d.schedulable for d in same)
         warnings = (
@@ -170,7 +171,10 @@ def _by_model(text: str, count: int, devs: list[PciDevice]) -> Selection:
     return Selection((pci,) * count, hosts, warnings)
 
 
-def _hosts_with(devs: list[PciDevice], match, count: int) -> tuple[str, ...]:
+def _hosts_with(
+    devs: list[PciDevice], match: Callable[[PciDevice], bool], count: int
+) -> tuple[str, ...]:
+    """Usable hosts with at least `count` free devices that `match`."""
     per_host: dict[str, int] = {}
     for d in devs:
         if match(d) and d.schedulable:
