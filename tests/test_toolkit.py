@@ -425,6 +425,33 @@ def test_waits_for_the_lock(root, repo):
     assert not result.facts.installed
 
 
+def test_two_agents_at_once_install_once(root, repo):
+    import threading
+
+    bake(root, repo)
+    runner = GuardedRunner(root)
+    results: list[toolkit.ToolkitResult] = []
+
+    def agent() -> None:
+        results.append(toolkit.ensure(AUTO, root, gpu_present=True, runner=runner))
+
+    threads = [threading.Thread(target=agent) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(r.action for r in results) == ["installed", "present"]
+    assert runner.commands().count("dpkg") == 1
+
+
+def test_the_time_bound_is_kept(root, repo):
+    bake(root, repo)
+    runner = GuardedRunner(root)
+    result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner, timeout_s=0)
+    assert (result.action, result.problem.name) == ("failed", "toolkit_timeout")
+    assert runner.calls == []
+
+
 def test_the_default_runner_kills_on_timeout():
     result = toolkit.run_command(["sh", "-c", "sleep 5 & sleep 5"], timeout=0.3)
     assert result.returncode == 124 and "timed out" in result.output
