@@ -80,7 +80,10 @@ QUEUE_LIMIT = 64
 _UNSAFE = re.compile(r'["\[\],\\]')
 _ERROR_CLASS = re.compile(r"[a-z][a-z0-9_]*")
 _ERROR_FIXES = str.maketrans({",": ";", '"': "'", "[": "(", "]": ")", "\\": "/"})
-_LOG = log.get("onegate")
+
+
+def _log():
+    return log.get("onegate")
 
 
 # --------------------------------------------------------------------------- the reports
@@ -134,7 +137,9 @@ def error_value(error_class: str, message: str) -> str:
 
 def is_plain(name: str, value: str) -> bool:
     """Whether `value` survives the server's escape_attr and the template parser as is."""
-    if value == "" or value != value.strip() or not value.isprintable() or _UNSAFE.search(value):
+    if value == "" or value != value.strip() or not (value.isascii() and value.isprintable()):
+        return False
+    if _UNSAFE.search(value):
         return False
     # OneFlow matches 'READY=YES' anywhere in an update once quotes and spaces are removed.
     compact = f"{name}={value}".replace(" ", "").replace('"', "")
@@ -324,7 +329,7 @@ class _Transport:
             delay = self.policy.delay(attempt, self.rng)
             if time.monotonic() + delay >= deadline:
                 raise error
-            _LOG.debug("onegate_retry", path=path, attempt=attempt + 1, delay_s=round(delay, 3))
+            _log().debug("onegate_retry", path=path, attempt=attempt + 1, delay_s=round(delay, 3))
             self.sleep(delay)
             attempt += 1
 
@@ -442,7 +447,7 @@ class Reporter:
                 )
                 if not value
             ]
-            _LOG.info(
+            _log().info(
                 "onegate_reporting_off",
                 missing=missing,
                 fix="set TOKEN=YES in the VM template's CONTEXT",
@@ -469,7 +474,7 @@ class Reporter:
             if outcome == "refused":
                 return False
             self._queue.append(report)
-        _LOG.warning(
+        _log().warning(
             "onegate_report_queued",
             attributes=sorted(report.updates),
             problem=self.last_problem.name if self.last_problem else "busy",
@@ -495,7 +500,7 @@ class Reporter:
             try:
                 report = Report.from_json(path.read_text())
             except (OSError, ValueError, KeyError) as exc:
-                _LOG.error("onegate_queue_unreadable", file=path.name, error=str(exc))
+                _log().error("onegate_queue_unreadable", file=path.name, error=str(exc))
                 path.unlink(missing_ok=True)
                 continue
             if self._deliver(report, deadline) == "retry":
@@ -522,7 +527,7 @@ class Reporter:
             self._present_known = False
             if exc.transient:
                 return "retry"
-            _LOG.error(
+            _log().error(
                 "onegate_report_refused", problem=str(exc.first), dropped=sorted(report.updates)
             )
             return "refused"
@@ -540,7 +545,7 @@ class Reporter:
             template = self._get("/vm", deadline)["VM"].get("USER_TEMPLATE") or {}
             self._present = set(template) if isinstance(template, dict) else set()
         except OneGateError as exc:
-            if exc.status != 403:
+            if exc.status != 403 or exc.transient:
                 raise
             self._present = None  # GET /vm disabled on this server: delete every candidate
         self._present_known = True
