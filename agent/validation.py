@@ -115,8 +115,10 @@ class _Outcome:
     problem: Problem | None = None
 
 
-def _fail(problem: Problem, detail: str | None = None) -> _Outcome:
-    return _Outcome("fail", detail or problem.message, problem.fix, problem)
+def _fail(problem: Problem, context: str = "") -> _Outcome:
+    """A failed stage: the problem's message first, then what the stage saw."""
+    detail = f"{problem.message}; {context}" if context else problem.message
+    return _Outcome("fail", detail, problem.fix, problem)
 
 
 @dataclass
@@ -168,17 +170,48 @@ def validate(
     *,
     docker_client=None,
     repair: bool = True,
-    only: tuple[str, ...] | None = None,
     fabric_wait_s: float = FABRIC_WAIT_S,
 ) -> ValidationReport:
-    """Run the stages (all, or `only` those named) and write the markers and the report."""
-    logger = log.get("validation")
+    """Run every stage, keep the markers in step, write the report and return it."""
     run = _Run(config, root, docker_client, repair, fabric_wait_s)
     _clear_markers(root)
+    results, failed = _execute(run, markers=True)
+    report = _report(run, results, failed)
+    _write_report(root, report)
+    return report
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """Some stages run on their own (no markers, no report, no verdict): `bench/gpu_check.py`."""
+
+    stages: tuple[StageResult, ...]
+    facts: GpuFacts
+    selected: tuple[str, ...] | None
+
+
+def run_stages(
+    config: Config,
+    root: Root,
+    names: tuple[str, ...],
+    *,
+    docker_client=None,
+    fabric_wait_s: float = FABRIC_WAIT_S,
+) -> StageRun:
+    """Run only the named stages (the others report `skip`), never repairing anything."""
+    run = _Run(config, root, docker_client, False, fabric_wait_s)
+    results, _failed = _execute(run, markers=False, names=names)
+    return StageRun(results, run.facts(), run.selection.uuids)
+
+
+def _execute(
+    run: _Run, *, markers: bool, names: tuple[str, ...] = STAGES
+) -> tuple[tuple[StageResult, ...], StageResult | None]:
+    logger = log.get("validation")
     results: list[StageResult] = []
     failed: StageResult | None = None
     for name in STAGES:
-        skip = _skip_reason(run, name, failed, only)
+        skip = _skip_reason(run, name, failed) or (None if name in names else "not requested")
         if skip is not None:
             results.append(StageResult(name, "skip", skip))
             continue
@@ -187,22 +220,18 @@ def validate(
         logger.info("stage", stage=name, status=result.status, detail=result.detail[:200])
         if result.status == "fail":
             failed = result
-        else:
-            _write_marker(root, result)
-    report = _report(run, tuple(results), failed)
-    _write_report(root, report, logger)
-    return report
+        elif markers:
+            _write_marker(run.root, result)
+    return tuple(results), failed
 
 
-def _skip_reason(run: _Run, name: str, failed: StageResult | None, only) -> str | None:
+def _skip_reason(run: _Run, name: str, failed: StageResult | None) -> str | None:
     if not run.config.wants_gpu:
         return "FL_GPU_ENABLED=NO: CPU mode"
     if failed is not None:
         return f"stage {failed.name} failed"
     if run.no_gpu:
         return "no NVIDIA GPU in this VM: CPU mode"
-    if only is not None and name not in only:
-        return "not requested"
     return None
 
 
@@ -259,11 +288,11 @@ def _write_marker(root: Root, result: StageResult) -> None:
     write_atomic(marker_path(root, result.name), json.dumps(data) + "\n")
 
 
-def _write_report(root: Root, report: ValidationReport, logger) -> None:
+def _write_report(root: Root, report: ValidationReport) -> None:
     try:
         write_atomic(root.run_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     except OSError as exc:
-        logger.error("validation report not written", error=str(exc))
+        log.get("validation").error("validation report not written", error=str(exc))
 
 
 # --- pci ---
@@ -354,8 +383,7 @@ def _stage_driver(run: _Run) -> _Outcome:
     if not driver.loaded:
         return _driver_not_loaded(run, nvml)
     if nvml.error == "LibRmVersionMismatch" and nvml.problem:
-        detail = f"kernel module {driver.version or '?'}; {nvml.problem.message}"
-        return _fail(nvml.problem, detail)
+        return _fail(nvml.problem, f"kernel module {driver.version or '?'}")
     if nvml.driver_version and driver.version and nvml.driver_version != driver.version:
         return _fail(
             Problem(
@@ -418,7 +446,7 @@ def _init_failed(run: _Run, unbound: list[PciGpu], detail: str) -> _Outcome:
         hint,
     )
     if len(unbound) == len(run.pci.gpus if run.pci else ()):
-        return _fail(problem, f"{detail}; {problem.message}")
+        return _fail(problem, detail)
     return _Outcome("warn", f"{detail}; {problem.message}", hint)
 
 
@@ -473,18 +501,23 @@ def _nvml_warnings(run: _Run, detail: str, lost: list[NvmlGpu]) -> _Outcome:
             ),
             detail,
         )
-    warnings = [f"GPU {g.index}: {g.problem.message}" for g in lost if g.problem]
-    warnings += [f"GPU {g.index} has MIG on but no MIG device" for g in empty_mig]
+    warnings = [(f"GPU {g.index}: {g.problem.message}", g.problem.fix) for g in lost if g.problem]
     warnings += [
-        f"GPU {g.index} has a MIG mode change pending (reset required)"
+        (f"GPU {g.index} has MIG on but no MIG device", "create MIG instances or disable MIG")
+        for g in empty_mig
+    ]
+    warnings += [
+        (f"GPU {g.index} has a MIG mode change pending", "reset the GPU or reboot the VM")
         for g in targets
         if g.mig_pending is not None and g.mig_pending != g.mig_mode
     ]
     bound = [g for g in (run.pci.gpus if run.pci else ()) if g.driver == "nvidia"]
     if run.nvml and len(bound) > len(run.nvml.gpus):
-        warnings.append(f"NVML sees {len(run.nvml.gpus)} of {len(bound)} GPUs bound to nvidia")
+        seen = f"NVML sees {len(run.nvml.gpus)} of {len(bound)} GPUs bound to nvidia"
+        warnings.append((seen, "read the kernel log for NVRM errors"))
     if warnings:
-        return _Outcome("warn", f"{detail}; {'; '.join(warnings)}", "see the kernel log; reboot")
+        texts, hints = zip(*warnings, strict=True)
+        return _Outcome("warn", f"{detail}; {'; '.join(texts)}", "; ".join(dict.fromkeys(hints)))
     return _Outcome("ok", detail)
 
 
@@ -578,11 +611,11 @@ def _stage_toolkit(run: _Run) -> _Outcome:
         problem = problem or Problem(
             "toolkit_missing", "nvidia-container-toolkit", "toolkit not ready", ""
         )
-        if not (run.repair and run.config.toolkit_install == "AUTO"):
+        if "FL_TOOLKIT_INSTALL" not in problem.fix:
             problem = _with_fix(
                 problem, "; or let the agent install it: FL_TOOLKIT_INSTALL=AUTO at boot"
             )
-        return _fail(problem, action + problem.message)
+        return _fail(problem, action.rstrip("; "))
     detail = (
         f"{action}nvidia-ctk at {facts.ctk_path}, hook at {facts.hook_path}, mode {facts.mode}, "
         f"engine runtimes: {', '.join(facts.engine_runtimes) or 'not asked'}"
@@ -617,7 +650,7 @@ def _stage_container(run: _Run) -> _Outcome:
     if result.problem:
         return _fail(result.problem)
     if result.exit_code != 0:
-        return _fail(gpu_probe.classify_engine_error(result.output), _first_lines(result.output))
+        return _fail(gpu_probe.classify_engine_error(result.output))
     return _compare_uuids(run, gpu_probe.listed_uuids(result.output))
 
 

@@ -213,11 +213,16 @@ _VALIDATE = """
 import json, sys
 from agent.config import build_config
 from agent.paths import Root
-from agent.validation import validate
+from agent.validation import run_stages, validate
 args = json.loads(sys.argv[1])
 config = build_config(args["variables"]).config
-report = validate(config, Root.from_env(args["root"]), repair=False, **args["kwargs"])
-print(json.dumps({**report.to_dict(), "as_requested": report.as_requested}))
+root, kwargs = Root.from_env(args["root"]), args["kwargs"]
+if "names" in kwargs:
+    result = run_stages(config, root, tuple(kwargs.pop("names")), **kwargs)
+    print(json.dumps({"stages": [s.to_dict() for s in result.stages]}))
+else:
+    report = validate(config, root, repair=False, **kwargs)
+    print(json.dumps({**report.to_dict(), "as_requested": report.as_requested}))
 """
 
 _FACTS = """
@@ -251,7 +256,10 @@ def validate_in_child(
     env: dict[str, str] | None = None,
     **kwargs,
 ) -> dict:
-    """validate() in a child process; the report as JSON (plus `as_requested`)."""
+    """validate() in a child process; the report as JSON (plus `as_requested`).
+
+    With `names=[...]`, run_stages() instead: only the stage results.
+    """
     variables = {"FL_SUPERLINK_ADDRESS": "10.0.0.1:9092", **variables}
     payload = json.dumps({"root": str(root), "variables": variables, "kwargs": kwargs})
     child_env = {**nvml_env(stub_dir, scenario, tmp), **(env or {})}
