@@ -160,6 +160,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
         node_config=inputs.node_config,
         max_retries=config.max_retries,
         max_wait_time=config.max_wait_time,
+        version=config.flower_version,
     )
     env = {
         "FLWR_LOG_LEVEL": config.log_level,
