@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,8 @@ def no_supernode(docker_client):
     from docker.errors import NotFound
 
     def remove() -> None:
-        try:
+        with contextlib.suppress(NotFound):
             docker_client.containers.get("flower-supernode").remove(force=True)
-        except NotFound:
-            pass
 
     remove()
     yield
