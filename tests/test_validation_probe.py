@@ -1,0 +1,110 @@
+"""What the container and framework stages make of what they see (no engine needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import validation
+from agent.gpu import probe
+
+SMI_L = """GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a1000000-0000-4000-8000-000000000001)
+  MIG 3g.40gb     Device  0: (UUID: MIG-0b1c2d3e-0000-5000-9000-00000000000a)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-5d3b1c2a-1111-4a2b-9c3d-0123456789ab)
+"""
+
+
+def test_listed_uuids_from_nvidia_smi_l():
+    assert probe.listed_uuids(SMI_L) == (
+        "GPU-a1000000-0000-4000-8000-000000000001",
+        "MIG-0b1c2d3e-0000-5000-9000-00000000000a",
+        "GPU-5d3b1c2a-1111-4a2b-9c3d-0123456789ab",
+    )
+    assert probe.listed_uuids("No devices found.") == ()
+
+
+def test_device_request_all_or_ids_never_both():
+    every = probe.device_request(None)
+    assert (every["Count"], every["DeviceIDs"], every["Capabilities"]) == (-1, [], [["gpu"]])
+    some = probe.device_request(("GPU-x", "MIG-y"))
+    assert (some["Count"], some["DeviceIDs"]) == (0, ["GPU-x", "MIG-y"])
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        (["PATH=/bin", "NVIDIA_REQUIRE_CUDA=cuda>=12.8 brand=tesla,driver>=470"], (12, 8)),
+        (["NVIDIA_REQUIRE_CUDA="], None),
+        (["PATH=/bin"], None),
+        (None, None),
+    ],
+)
+def test_image_cuda_requirement(env, expected):
+    assert probe.image_cuda_requirement(env) == expected
+
+
+@pytest.mark.parametrize(
+    "message,name",
+    [
+        ('could not select device driver "nvidia" with capabilities: [[gpu]]',
+         "gpu_runtime_unavailable"),
+        ("Error response from daemon: unknown or invalid runtime name: nvidia",
+         "toolkit_not_configured"),
+        ("OCI runtime create failed: ... nvidia-container-cli: initialization error: nvml error: "
+         "driver not loaded: unknown", "gpu_driver_not_loaded"),
+        ("nvidia-container-cli: initialization error: load library failed: libnvidia-ml.so.1: "
+         "cannot open shared object file", "nvml_library_not_found"),
+        ("nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please "
+         "update your driver to a newer version", "cuda_driver_too_old"),
+        ("invoking the NVIDIA Container Runtime Hook directly (e.g. specifying the docker --gpus "
+         "flag) is not supported", "toolkit_cdi_mode"),
+        ("something else entirely", "container_gpu_failed"),
+    ],
+)  # fmt: skip
+def test_engine_errors_are_classified(message, name):
+    problem = probe.classify_engine_error(message)
+    assert problem.name == name and problem.fix
+
+
+def test_torch_probe_line_is_found_among_noise():
+    out = 'warning: foo\nFLAGENT-PROBE {"torch": "2.5.1", "cuda_build": "12.4"}\n'
+    assert probe.parse_torch_probe(out) == {"torch": "2.5.1", "cuda_build": "12.4"}
+    assert probe.parse_torch_probe("Traceback ...") is None
+
+
+def interpret(probe_data, driver_cuda=12040, required=None):
+    return validation._interpret_torch(probe_data, driver_cuda, required, "")
+
+
+def test_torch_with_cuda_passes():
+    out = interpret(
+        {"torch": "2.5.1", "cuda_build": "12.4", "available": True, "count": 1, "names": ["H100"]}
+    )
+    assert out.status == "ok" and "torch 2.5.1 (CUDA 12.4) sees 1 device(s): H100" in out.detail
+
+
+def test_cpu_only_torch_fails():
+    out = interpret({"torch": "2.5.1+cpu", "cuda_build": None, "available": False})
+    assert out.status == "fail" and out.problem.name == "torch_cpu_build"
+
+
+def test_torch_built_for_a_newer_cuda_major_fails():
+    out = interpret({"torch": "2.9.0", "cuda_build": "13.0", "available": False}, 12040)
+    assert out.problem.name == "cuda_driver_too_old"
+    assert "13.0" in out.problem.message and "12.4" in out.problem.message
+
+
+def test_torch_that_sees_no_gpu_fails_with_its_error():
+    out = interpret(
+        {"torch": "2.5.1", "cuda_build": "12.4", "available": False, "error": "RuntimeError: 802"}
+    )
+    assert out.problem.name == "framework_cuda_unavailable" and "802" in out.problem.message
+
+
+@pytest.mark.parametrize("data", [None, {"torch": None, "import_error": "No module named torch"}])
+def test_framework_not_checkable_is_a_warning_not_ok(data):
+    assert interpret(data).status == "warn"
+
+
+def test_image_requirement_beyond_the_driver():
+    problem = validation._cuda_too_old("NVIDIA_REQUIRE_CUDA", (12, 8), 12040)
+    assert problem.name == "cuda_driver_too_old" and "12.8" in problem.message
