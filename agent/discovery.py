@@ -20,6 +20,7 @@ import base64
 import binascii
 import os
 import re
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,9 @@ def check_ca_pem(pem: str, *, now: datetime | None = None) -> tuple[str | None, 
         if now > not_after:
             return None, f"certificate {number} expired on {not_after:%Y-%m-%d %H:%M} UTC"
     armoured = (
-        "-----BEGIN CERTIFICATE-----\n" + "".join(b.split()) + "\n-----END CERTIFICATE-----\n"
+        "-----BEGIN CERTIFICATE-----\n"
+        + "\n".join(textwrap.wrap("".join(b.split()), 64))
+        + "\n-----END CERTIFICATE-----\n"
         for b in blocks
     )
     return "".join(armoured), ""
@@ -355,7 +358,7 @@ class _Run:
     def _onegate_failed(self, exc: OneGateError) -> None:
         """A refusal (401, 403, 400 not in a service) from OneGate during the lookup."""
         if exc.status == 400:
-            message = f"this VM is not in a OneFlow service ({exc.body})"
+            message = f"OneGate cannot list this VM's OneFlow service: {exc.body}"
             if self.address is None:
                 self.problems.append(_not_found(message))
             if self.node_config is None:
