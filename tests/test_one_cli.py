@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent.cli import main
+from agent.emulator import oned as oned_codes
 from agent.emulator.oned import DEFAULT_HOSTS, Host, OnedEmulator, Pci
 from agent.one.inputs import SUPERNODE_INPUTS
 from agent.one.syntax import parse
@@ -307,10 +308,27 @@ def test_wrong_password_is_authentication_failed(oned, tmp_path, capsys):
 
 
 def test_not_authorized(oned, capsys):
-    oned.deny("one.template.allocate")
+    oned.fail("one.template.allocate")
     code, _, err = run(capsys, "template", "--gpu-address", "41:00.0", "--register")
     assert code == 1
     assert "one.template.allocate: not authorized" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "words", "exit_code"),
+    [
+        (oned_codes.AUTHORIZATION, "not authorized", 1),
+        (oned_codes.NO_EXISTS, "no such object", 2),
+        (oned_codes.ACTION, "oned refused the action", 1),
+        (oned_codes.XML_RPC_API, "oned rejected the call's arguments", 1),
+        (oned_codes.INTERNAL, "oned internal error", 1),
+    ],
+)
+def test_every_oned_error_code_is_said_plainly(oned, capsys, error, words, exit_code):
+    oned.fail("one.hostpool.info", error, "something went wrong")
+    code, out, err = run(capsys, "hosts")
+    assert (code, out) == (exit_code, "")
+    assert f"one.hostpool.info: {words}: [one.hostpool.info] something went wrong" in err
 
 
 def test_server_down_is_unreachable(oned, capsys):

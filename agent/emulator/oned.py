@@ -186,7 +186,7 @@ class _State:
     templates: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (name, body)
     documents: dict[int, tuple[int, str]] = field(default_factory=dict)  # id -> (type, xml)
     calls: list[Call] = field(default_factory=list)
-    denied: set[str] = field(default_factory=set)
+    failing: dict[str, tuple[str, int]] = field(default_factory=dict)  # method -> (msg, code)
 
 
 class OnedEmulator:
@@ -212,10 +212,11 @@ class OnedEmulator:
         with self._lock:
             return list(self.state.calls)
 
-    def deny(self, method: str) -> None:
-        """Make `method` fail with AUTHORIZATION, as for a user without the right."""
+    def fail(self, method: str, code: int = AUTHORIZATION, message: str = "") -> None:
+        """Make `method` answer [False, message, code] (default: a user without the right)."""
+        text = message or "User [0] : Not authorized to perform this operation."
         with self._lock:
-            self.state.denied.add(method)
+            self.state.failing[method] = (f"[{method}] {text}", code)
 
     # --- server ---
 
@@ -256,9 +257,8 @@ class OnedEmulator:
                 if not ok:
                     msg = f"[{method}] User couldn't be authenticated, aborting call."
                     return [False, msg, AUTHENTICATION]
-                if method in self.state.denied:
-                    msg = f"[{method}] User [0] : Not authorized to perform this operation."
-                    return [False, msg, AUTHORIZATION]
+                if method in self.state.failing:
+                    return [False, *self.state.failing[method]]
                 return fn(method, *args)
 
         return handler
