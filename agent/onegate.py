@@ -343,11 +343,14 @@ def _harmless(status: int, body: str, data) -> bool:
 
 
 class _Queue:
-    """Reports not delivered yet: one 0600 JSON file each, named so they sort in order."""
+    """Reports not delivered yet: one 0600 JSON file each, named `<seq>-<pid>.json`.
+
+    The sequence continues from the files already there, not from the clock, which NTP may
+    step backwards while a VM boots.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.seq = 0
 
     def files(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -356,8 +359,8 @@ class _Queue:
 
     def append(self, report: Report) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid():07d}-{self.seq:04d}.json"
+        last = max((int(f.name.split("-")[0]) for f in self.files()), default=0)
+        name = f"{last + 1:012d}-{os.getpid():07d}.json"
         write_atomic(self.directory / name, report.to_json(), mode=0o600)
         self._bound()
 
@@ -591,8 +594,10 @@ def queue_dir(root: Root) -> Path:
 
 
 def remote_status(config, root: Root) -> dict[str, Any]:
-    """What OneGate holds for this VM: the FL_* attributes and READY, base64 decoded."""
-    vm = Reporter.from_config(config, root).get_vm().get("VM", {})
+    """What OneGate holds for this VM (the FL_* attributes and READY, base64 decoded), and
+    how many reports wait in the local queue. AgentError when OneGate is off or fails."""
+    reporter = Reporter.from_config(config, root)
+    vm = reporter.get_vm().get("VM", {})
     template = vm.get("USER_TEMPLATE") or {}
     decoded = decode_attributes(template if isinstance(template, dict) else {})
     return {
@@ -602,4 +607,5 @@ def remote_status(config, root: Root) -> dict[str, Any]:
         "state": vm.get("STATE"),
         "lcm_state": vm.get("LCM_STATE"),
         "attributes": {k: decoded[k] for k in ATTRIBUTES if k in decoded},
+        "queued_reports": reporter.pending(),
     }

@@ -413,7 +413,7 @@ def test_remote_status_shows_what_operators_see(emulator, root):
     facts = {"FL_GPU_NAMES": "H200, H200", "FL_GPU_MODE": "GPU"}
     reporter.send(*state_report("RUNNING", facts=facts, ready=True))
     status = remote_status(config_for(emulator), root)
-    assert status["vmid"] == str(VMID)
+    assert status["vmid"] == str(VMID) and status["queued_reports"] == 0
     assert status["attributes"] == {
         "FL_STATE": "RUNNING",
         "FL_GPU_MODE": "GPU",

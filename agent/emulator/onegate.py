@@ -484,7 +484,7 @@ class OneGateEmulator:
 
     def _update(self, vm: EmulatedVM, params, body: str) -> tuple[int, str]:
         attr = params.get("data", body)
-        kind = int(params["type"]) if params.get("type", "").lstrip("-").isdigit() else 1
+        kind = _ruby_to_i(params["type"]) if "type" in params else 1
         attr = escape_attr(attr)
         error = "cannot be modified" if kind == 1 else "cannot be deleted"
         for line in attr.split("\n"):
@@ -564,6 +564,12 @@ class OneGateEmulator:
                 return 400, str(exc)
             return 200, json.dumps(asdict(self.faults))
         return 400, UNSUPPORTED
+
+
+def _ruby_to_i(text: str) -> int:
+    """Ruby's String#to_i: the leading integer, 0 when there is none."""
+    match = re.match(r"\s*([-+]?\d+)", text)
+    return int(match[1]) if match else 0
 
 
 class _Handler(BaseHTTPRequestHandler):
