@@ -30,6 +30,8 @@ class BootOptions:
     lock_wait_s: float = 0.0
     discovery_attempts: int = 30
     discovery_interval_s: float = 10.0
+    ca_attempts: int = 12
+    ca_interval_s: float = 5.0
     onegate_timeout_s: float = 10.0
 
 
@@ -212,53 +214,52 @@ class _Found:
 
 
 def _discover(run: _Run, config: Config) -> _Found:
-    """Static values first; OneGate only for what the context leaves empty."""
-    needs_ca = config.tls_enabled and config.ssl_ca_cert is None
-    if config.superlink_address and config.node_config and not needs_ca:
-        return _Found(config.superlink_address, config.node_config, None)
+    """Static values first; OneGate only for what the context leaves empty (discovery decides)."""
     from agent import discovery
 
-    if config.superlink_address and config.tls_enabled and config.ssl_ca_cert:
-        ca_pem = config.ssl_ca_cert
-        found = None
-    else:
-        found = discovery.discover(
-            config,
-            run.reporter,
-            attempts=run.options.discovery_attempts,
-            interval_s=run.options.discovery_interval_s,
-        )
-        run.record["discovery"] = found.to_dict()
-        ca_pem = found.ca_pem
-    if (
-        found is not None
-        and found.problems
-        and not (found.superlink_address or config.superlink_address)
-    ):
+    found = discovery.discover(
+        config,
+        run.reporter,
+        attempts=run.options.discovery_attempts,
+        interval_s=run.options.discovery_interval_s,
+        ca_attempts=run.options.ca_attempts,
+        ca_interval_s=run.options.ca_interval_s,
+    )
+    run.record["discovery"] = found.to_dict()
+    if found.problems:
         return _Found(None, None, None, found.problems)
     ca_path = None
-    if config.tls_enabled and ca_pem and not run.options.dry_run:
-        ca_path = str(discovery.write_ca(ca_pem, run.root))
-    address = config.superlink_address or (found.superlink_address if found else None)
-    node_config = config.node_config or (found.node_config if found else None)
-    return _Found(address, node_config, ca_path)
+    if found.ca_pem:
+        ca_path = (
+            str(run.root.path(discovery.CA_PATH))
+            if run.options.dry_run
+            else str(discovery.write_ca(found.ca_pem, run.root))
+        )
+    return _Found(found.superlink_address, found.node_config, ca_path)
 
 
 def _validate(run: _Run, config: Config, client) -> tuple[GpuVerdict, object]:
-    """The staged validation's verdict (skipped outright when FL_GPU_ENABLED=NO)."""
+    """The staged validation's verdict (skipped outright when FL_GPU_ENABLED=NO).
+
+    The first pass observes only; when it stops at the toolkit and the agent may install it,
+    the boot says INSTALLING_TOOLKIT, and a second pass repairs (installs, configures, restarts
+    the engine) and validates again.
+    """
     if not config.wants_gpu:
         run.record["validation"] = {"verdict": "CPU_ONLY", "mode": "CPU", "stages": []}
         return GpuVerdict("CPU_ONLY"), None
     from agent import validation
 
-    report = validation.validate(
-        config, run.root, docker_client=client, repair=not run.options.dry_run
-    )
+    report = validation.validate(config, run.root, docker_client=client, repair=False)
+    repairable = report.failed_stage == "toolkit" and config.toolkit_install == "AUTO"
+    if repairable and not run.options.dry_run:
+        run.report("INSTALLING_TOOLKIT")
+        report = validation.validate(config, run.root, docker_client=client, repair=True)
+        run.report("VALIDATING")
     run.record["validation"] = report.to_dict()
     selected = tuple(report.selected) if report.selected else ()
-    return GpuVerdict(
-        report.verdict, selected, report.selected is None, report.problem
-    ), report.facts
+    verdict = GpuVerdict(report.verdict, selected, report.selected is None, report.problem)
+    return verdict, report.facts
 
 
 def _converge_with_retry(run: _Run, client, plan: Plan):

@@ -97,6 +97,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         stability_s=args.stability_window,
         lock_wait_s=args.lock_wait,
+        discovery_attempts=args.discovery_attempts,
+        discovery_interval_s=args.discovery_interval,
+        ca_attempts=max(1, args.discovery_attempts // 2),
+        ca_interval_s=args.discovery_interval / 2,
     )
     outcome = boot(_root(args), args.context_file, options)
     record = outcome.record
@@ -275,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="wait this long for another running boot, then exit (default: exit at once)",
+    )
+    p.add_argument(
+        "--discovery-attempts",
+        type=int,
+        default=30,
+        metavar="N",
+        help="OneGate lookups of the SuperLink while it boots (default 30; the CA gets half)",
+    )
+    p.add_argument(
+        "--discovery-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between those lookups (default 10)",
     )
     p.set_defaults(func=cmd_boot)
 
