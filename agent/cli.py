@@ -149,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     record = read_state(root)
     data: dict = {"last_boot": record}
     if args.remote:
-        data["remote"] = _remote_status(root)
+        data["remote"] = _remote_status(root, args.context_file)
     _emit(data, args.json, lambda: _status_text(data))
     if record is None:
         return ExitCode.FAILED
@@ -158,13 +158,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
 
 
-def _remote_status(root) -> dict:
+def _remote_status(root, context_file: Path | None) -> dict:
     from agent.errors import AgentError
     from agent.inputs import read_inputs
     from agent.onegate import remote_status
 
     try:
-        inputs = read_inputs(root, None)
+        inputs = read_inputs(root, context_file)
         if inputs.result.config is None:
             return {"error": "invalid context: run `fl-agent context`"}
         return remote_status(inputs.result.config, root)
@@ -179,7 +179,9 @@ def _status_text(data: dict) -> str:
         text = f"last boot: {record.get('finished_at')}\n" + text
     remote = data.get("remote")
     if remote is not None:
-        text += "OneGate:\n" + "".join(f"  {k}={v}\n" for k, v in remote.items())
+        rows = {k: v for k, v in remote.items() if k != "attributes"}
+        rows.update(remote.get("attributes", {}))
+        text += "OneGate:\n" + "".join(f"  {k}={v}\n" for k, v in rows.items())
     return text
 
 
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the last boot's outcome")
     p.add_argument("--json", action="store_true")
     p.add_argument("--remote", action="store_true", help="also what OneGate holds for this VM")
+    context_file(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("host-check", help="check a KVM host for GPU passthrough")

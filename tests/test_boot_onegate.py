@@ -97,6 +97,31 @@ def test_discovered_superlink_partition_and_ready_last(
     assert held["FL_SUPERNODE_IMAGE"] == standin_images["ok"]
     assert "FL_ERROR" not in held
 
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--root",
+            str(tmp_path / "root"),
+            "status",
+            "--remote",
+            "--json",
+            "--context-file",
+            str(tmp_path / "cd" / "context.sh"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["last_boot"]["state"] == "RUNNING"
+    held_remote = data["remote"]["attributes"]
+    assert held_remote["READY"] == "YES" and held_remote["FL_STATE"] == "RUNNING"
+    assert data["remote"]["queued_reports"] == 0
+    assert "tok-42" not in status.stdout
+
 
 def test_gpu_still_on_vfio_runs_degraded_on_cpu(
     onegate, tmp_path, docker_client, standin_images, no_supernode
