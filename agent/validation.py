@@ -594,30 +594,31 @@ def _wait_fabric(run: _Run, fabrics: dict[str, Fabric]) -> dict[str, Fabric]:
 
 
 def _stage_toolkit(run: _Run) -> _Outcome:
+    """The toolkit: installed, wired into dockerd, its mode. With `repair`, `toolkit.ensure`
+    installs it first (it honours FL_TOOLKIT_INSTALL=NEVER itself)."""
     from agent import toolkit
 
     client = _client(run)
-    if run.repair and run.config.toolkit_install == "AUTO":
+    if run.repair:
         result = toolkit.ensure(run.config, run.root, gpu_present=True, docker_client=client)
         run.toolkit = result.to_dict()
-        facts, problem = result.facts, result.problem
-        action = f"{result.action}; "
+        facts, problem, action = result.facts, result.problem, result.action
     else:
         facts = toolkit.detect(run.root, client)
         run.toolkit = facts.to_dict()
-        problem = facts.problems[0] if facts.problems else None
-        action = "detected (no repair); "
+        problem, action = (facts.problems[0] if facts.problems else None), "detected, no repair"
     if problem is not None or not facts.ready:
         problem = problem or Problem(
-            "toolkit_missing", "nvidia-container-toolkit", "toolkit not ready", ""
+            "toolkit_not_ready",
+            "nvidia-container-toolkit",
+            "the toolkit is not ready",
+            "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
         )
-        if "FL_TOOLKIT_INSTALL" not in problem.fix:
-            problem = _with_fix(
-                problem, "; or let the agent install it: FL_TOOLKIT_INSTALL=AUTO at boot"
-            )
-        return _fail(problem, action.rstrip("; "))
+        if not run.repair:
+            problem = _with_fix(problem, "; `fl-agent validate --repair` installs it as boot does")
+        return _fail(problem, action)
     detail = (
-        f"{action}nvidia-ctk at {facts.ctk_path}, hook at {facts.hook_path}, mode {facts.mode}, "
+        f"{action}: nvidia-ctk at {facts.ctk_path}, hook at {facts.hook_path}, mode {facts.mode}, "
         f"engine runtimes: {', '.join(facts.engine_runtimes) or 'not asked'}"
     )
     if facts.mode == "cdi":

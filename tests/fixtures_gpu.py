@@ -221,7 +221,7 @@ if "names" in kwargs:
     result = run_stages(config, root, tuple(kwargs.pop("names")), **kwargs)
     print(json.dumps({"stages": [s.to_dict() for s in result.stages]}))
 else:
-    report = validate(config, root, repair=False, **kwargs)
+    report = validate(config, root, **{"repair": False, **kwargs})
     print(json.dumps({**report.to_dict(), "as_requested": report.as_requested}))
 """
 

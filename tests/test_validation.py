@@ -172,6 +172,26 @@ def test_toolkit_present_then_no_engine(tmp_path, nvml_stub):  # noqa: F811
     assert report["problem"]["name"] == "docker_unavailable"
 
 
+def test_toolkit_in_cdi_mode_is_a_warning(tmp_path, nvml_stub):  # noqa: F811
+    root = install_toolkit(working(tmp_path))
+    config = root / "etc/nvidia-container-runtime/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[nvidia-container-runtime]\nmode = "cdi"\n')
+    toolkit = stages(run(tmp_path, nvml_stub, h100()))["toolkit"]
+    assert toolkit["status"] == "warn" and "mode cdi" in toolkit["detail"]
+    assert "CDI mode" in toolkit["hint"]
+
+
+def test_repair_respects_toolkit_install_never(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    variables = {"FL_TOOLKIT_INSTALL": "NEVER"}
+    report = run(tmp_path, nvml_stub, h100(), variables=variables, repair=True)
+    assert report["failed_stage"] == "toolkit"
+    assert report["toolkit"]["action"] == "skipped"
+    assert report["problem"]["name"] == "toolkit_missing"
+    assert not (root / "etc").exists() and not (root / "usr").exists()
+
+
 def test_zero_gpus_visible_is_a_failure(tmp_path, nvml_stub):  # noqa: F811
     working(tmp_path)
     report = run(tmp_path, nvml_stub, {"devices": []})
