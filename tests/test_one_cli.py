@@ -113,7 +113,7 @@ def attributes(text: str) -> dict[str, list]:
 
 def test_template_by_address_has_every_passthrough_attribute(oned, capsys):
     code, out, err = run(capsys, "template", "--gpu-address", "41:00.0", "--cores", "16",
-                         "--memory", "65536", "--image", "7", "--network", "pub net")  # fmt: skip
+                         "--memory", "65536", "--image", "12", "--network", "lab")  # fmt: skip
     assert code == 0, err
     t = attributes(out)
     assert t["NAME"] == ["fl-supernode-gpu"]
@@ -124,7 +124,8 @@ def test_template_by_address_has_every_passthrough_attribute(oned, capsys):
     assert t["CPU_MODEL"] == [{"MODEL": "host-passthrough"}]
     assert t["TOPOLOGY"] == [{"PIN_POLICY": "CORE", "SOCKETS": "1", "CORES": "16", "THREADS": "1"}]
     assert t["PCI"] == [{"SHORT_ADDRESS": "41:00.0"}]
-    assert t["DISK"] == [{"IMAGE_ID": "7"}] and t["NIC"] == [{"NETWORK": "pub net"}]
+    assert t["DISK"] == [{"IMAGE_ID": "12"}]
+    assert t["NIC"] == [{"NETWORK": "lab", "NETWORK_UNAME": "alice"}]
     context = t["CONTEXT"][0]
     assert (context["TOKEN"], context["NETWORK"], context["REPORT_READY"]) == ("YES",) * 3
     inputs = t["USER_INPUTS"][0]
@@ -135,7 +136,17 @@ def test_template_by_address_has_every_passthrough_attribute(oned, capsys):
     assert set(inputs) == {i.name for i in SUPERNODE_INPUTS}
     assert t["INPUTS_ORDER"] == [",".join(i.name for i in SUPERNODE_INPUTS)]
     assert "gpu-node-01" in err
-    assert methods(oned) == ["one.hostpool.info"]
+    assert methods(oned) == ["one.hostpool.info", "one.imagepool.info", "one.vnpool.info"]
+    assert oned.calls[1].args == (-2, -1, -1) and oned.calls[2].args == (-2, -1, -1)
+
+
+def test_template_image_and_network_by_name_carry_their_owner(oned, capsys):
+    code, out, _ = run(capsys, "template", "--gpu-model", "10de:2335",
+                       "--image", "fl-supernode", "--network", "0")  # fmt: skip
+    assert code == 0
+    t = attributes(out)
+    assert t["DISK"] == [{"IMAGE": "fl-supernode", "IMAGE_UNAME": "oneadmin"}]
+    assert t["NIC"] == [{"NETWORK_ID": "0"}]
 
 
 @pytest.mark.parametrize("address", ["0000:41:00.0", "0000:41:00:0", "41:00.0", " 41:00.0 "])
@@ -190,6 +201,10 @@ def test_template_register_json(oned, capsys):
         (["--gpu-model", "10de:2335", "--memory", "512"], "--memory: 512 MB"),
         (["--gpu-model", "10de:2335", "--pin-policy", "PINNED"], "--pin-policy"),
         (["--gpu-model", "10de:2335", "--name", "ends\\"], "cannot end with a backslash"),
+        (["--gpu-model", "10de:2335", "--image", "99"], "--image: no image '99' visible"),
+        (["--gpu-model", "10de:2335", "--image", "13"], "13 (scratch) is a DATABLOCK image"),
+        (["--gpu-model", "10de:2335", "--image", "ubuntu-24.04"], "several images are named"),
+        (["--gpu-model", "10de:2335", "--network", "wan"], "--network: no network 'wan'"),
     ],
 )
 def test_template_invalid_input_exits_2_and_registers_nothing(oned, capsys, argv, message):

@@ -174,6 +174,55 @@ audio function, and non-NVIDIA devices the probe's filter let through."""
 
 
 @dataclass(frozen=True)
+class Image:
+    id: int
+    name: str
+    owner: str = "oneadmin"
+    type: int = 0  # IMAGE_TYPES: 0 OS, 1 CDROM, 2 DATABLOCK, ...
+
+    def xml(self) -> str:
+        fields = {
+            "ID": str(self.id),
+            "UID": "0",
+            "GID": "0",
+            "UNAME": self.owner,
+            "GNAME": "oneadmin",
+            "NAME": self.name,
+            "TYPE": str(self.type),
+            "STATE": "1",
+        }
+        return f"<IMAGE>{_elements(fields)}<TEMPLATE></TEMPLATE></IMAGE>"  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Vnet:
+    id: int
+    name: str
+    owner: str = "oneadmin"
+
+    def xml(self) -> str:
+        fields = {
+            "ID": str(self.id),
+            "UID": "0",
+            "GID": "0",
+            "UNAME": self.owner,
+            "GNAME": "oneadmin",
+            "NAME": self.name,
+        }
+        return f"<VNET>{_elements(fields)}<TEMPLATE></TEMPLATE></VNET>"  # fmt: skip
+
+
+DEFAULT_IMAGES = (
+    Image(12, "fl-supernode"),
+    Image(13, "scratch", type=2),
+    Image(14, "ubuntu-24.04", "alice"),
+    Image(15, "ubuntu-24.04", "bob"),
+)
+"""An OS image, a datablock, and two OS images of one name owned by different users."""
+DEFAULT_VNETS = (Vnet(0, "public"), Vnet(1, "lab", "alice"))
+
+
+@dataclass(frozen=True)
 class Call:
     method: str
     args: tuple[Any, ...]
@@ -183,6 +232,8 @@ class Call:
 @dataclass
 class _State:
     hosts: tuple[Host, ...]
+    images: tuple[Image, ...] = DEFAULT_IMAGES
+    vnets: tuple[Vnet, ...] = DEFAULT_VNETS
     templates: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (name, body)
     documents: dict[int, tuple[int, str]] = field(default_factory=dict)  # id -> (type, xml)
     calls: list[Call] = field(default_factory=list)
@@ -266,6 +317,8 @@ class OnedEmulator:
     def _methods(self) -> dict[str, Any]:
         return {
             "one.hostpool.info": self._hostpool_info,
+            "one.imagepool.info": self._imagepool_info,
+            "one.vnpool.info": self._vnpool_info,
             "one.template.allocate": self._template_allocate,
             "one.template.info": self._template_info,
             "one.document.allocate": self._document_allocate,
@@ -279,6 +332,14 @@ class OnedEmulator:
             "<HOST_POOL>" + "".join(h.xml() for h in self.state.hosts) + "</HOST_POOL>",
             SUCCESS,
         ]
+
+    def _imagepool_info(self, method: str, who: int, start: int, end: int) -> list[Any]:
+        return [True, "<IMAGE_POOL>" + "".join(i.xml() for i in self.state.images) +
+                "</IMAGE_POOL>", SUCCESS]  # fmt: skip
+
+    def _vnpool_info(self, method: str, who: int, start: int, end: int) -> list[Any]:
+        return [True, "<VNET_POOL>" + "".join(v.xml() for v in self.state.vnets) + "</VNET_POOL>",
+                SUCCESS]  # fmt: skip
 
     def _template_allocate(self, method: str, body: str) -> list[Any]:
         from agent.one.syntax import TemplateSyntaxError, parse

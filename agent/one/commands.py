@@ -18,6 +18,10 @@ from agent.errors import AgentError
 if TYPE_CHECKING:
     from agent.one.connection import OneClient
 
+# Every image / virtual network the user can see: filter -2, the whole ID range (oned "A:siii").
+IMAGE_POOL = ("imagepool.info", -2, -1, -1)
+VNET_POOL = ("vnpool.info", -2, -1, -1)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `one` command group to the top-level subparsers."""
@@ -135,7 +139,9 @@ def cmd_template(args: argparse.Namespace) -> int:
         client = _client(args)
         devs = inventory.devices(client.call("hostpool.info"))
         selection = vmtemplate.select_gpus(req, devs)
-        text = vmtemplate.render(req, selection)
+        disk = vmtemplate.disk_for(req.image, client.call(*IMAGE_POOL)) if req.image else None
+        nic = vmtemplate.nic_for(req.network, client.call(*VNET_POOL)) if req.network else None
+        text = vmtemplate.render(req, selection, disk, nic)
         template_id = client.call("template.allocate", text) if args.register else None
     except AgentError as exc:
         return _fail(exc)

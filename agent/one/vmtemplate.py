@@ -182,7 +182,12 @@ def _hosts_with(
     return tuple(h for h, n in per_host.items() if n >= count)
 
 
-def render(req: TemplateRequest, selection: Selection) -> str:
+def render(
+    req: TemplateRequest,
+    selection: Selection,
+    disk: dict[str, str] | None = None,
+    nic: dict[str, str] | None = None,
+) -> str:
     """The template text; parsed back before it is returned, so oned can read what it gets."""
     import jinja2
 
@@ -203,8 +208,8 @@ def render(req: TemplateRequest, selection: Selection) -> str:
         memory=req.memory_mb,
         pin_policy=req.pin_policy,
         pcis=selection.pcis,
-        disk=_by_id_or_name(req.image, "IMAGE_ID", "IMAGE"),
-        nic=_by_id_or_name(req.network, "NETWORK_ID", "NETWORK"),
+        disk=disk,
+        nic=nic,
         inputs=SUPERNODE_INPUTS,
     )
     try:
@@ -214,8 +219,47 @@ def render(req: TemplateRequest, selection: Selection) -> str:
     return text
 
 
-def _by_id_or_name(value: str | None, id_key: str, name_key: str) -> tuple[str, str] | None:
-    if value is None:
-        return None
+IMAGE_TYPES = ("OS", "CDROM", "DATABLOCK", "KERNEL", "RAMDISK", "CONTEXT", "FILESYSTEM")
+
+
+def disk_for(image: str, pool: object) -> dict[str, str]:
+    """The DISK attributes for an image ID or name, checked against a pyone IMAGE_POOL."""
+    found = _find(image, getattr(pool, "IMAGE", None) or [], "--image", "image", "oneimage list")
+    kind = int(found.TYPE)
+    if kind != 0:
+        shown = IMAGE_TYPES[kind] if 0 <= kind < len(IMAGE_TYPES) else str(kind)
+        raise invalid_input(
+            "--image",
+            f"image {found.ID} ({found.NAME}) is a {shown} image, not an OS disk",
+            "give the SuperNode appliance's OS image",
+        )
+    return _reference(image, found, "IMAGE_ID", "IMAGE", "IMAGE_UNAME")
+
+
+def nic_for(network: str, pool: object) -> dict[str, str]:
+    """The NIC attributes for a virtual network ID or name, checked against a VNET_POOL."""
+    found = _find(
+        network, getattr(pool, "VNET", None) or [], "--network", "network", "onevnet list"
+    )
+    return _reference(network, found, "NETWORK_ID", "NETWORK", "NETWORK_UNAME")
+
+
+def _find(value: str, items: list, flag: str, what: str, listing: str) -> object:
     value = value.strip()
-    return (id_key, value) if value.isdigit() else (name_key, value)
+    if value.isdigit():
+        matches = [i for i in items if int(i.ID) == int(value)]
+    else:
+        matches = [i for i in items if str(i.NAME) == value]
+    if not matches:
+        raise invalid_input(flag, f"no {what} {value!r} visible to this user", f"see `{listing}`")
+    if len(matches) > 1:
+        ids = ", ".join(f"{i.ID} (owner {i.UNAME})" for i in matches)
+        raise invalid_input(flag, f"several {what}s are named {value!r}: {ids}", "give the ID")
+    return matches[0]
+
+
+def _reference(value: str, item: object, id_key: str, name_key: str, owner_key: str) -> dict:
+    """By ID as given; by name with its owner, so the name resolves for whoever instantiates."""
+    if value.strip().isdigit():
+        return {id_key: str(item.ID)}
+    return {name_key: str(item.NAME), owner_key: str(item.UNAME)}
