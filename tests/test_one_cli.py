@@ -198,6 +198,7 @@ def test_template_register_json(oned, capsys):
         (["--gpu-model", "nvidia"], "'nvidia' is not VENDOR:DEVICE"),
         ([], "the pool has 2 NVIDIA GPU models: 10de:2230"),
         (["--gpu-model", "10de:2335", "--cores", "0"], "--cores: 0"),
+        (["--gpu-address", "41:00.0", "--gpus", "2"], "--gpus: goes with --gpu-model"),
         (["--gpu-model", "10de:2335", "--memory", "512"], "--memory: 512 MB"),
         (["--gpu-model", "10de:2335", "--pin-policy", "PINNED"], "--pin-policy"),
         (["--gpu-model", "10de:2335", "--name", "ends\\"], "cannot end with a backslash"),

@@ -63,6 +63,8 @@ def check_request(req: TemplateRequest) -> None:
         )
     if not 1 <= req.gpus <= 16:
         raise invalid_input("--gpus", f"{req.gpus}: expected 1 to 16")
+    if req.gpu_addresses and req.gpus != 1:
+        raise invalid_input("--gpus", "goes with --gpu-model; repeat --gpu-address instead")
     if req.pin_policy not in PIN_POLICIES:
         raise invalid_input(
             "--pin-policy", f"{req.pin_policy!r}: expected {', '.join(PIN_POLICIES)}"
