@@ -373,8 +373,9 @@ def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dic
     if not gpus:
         return attrs
     cuda = nvml.cuda_driver_version
+    selected = (validation or {}).get("selected")
     attrs.update(
-        FL_GPU_COUNT=str(len(gpus)),
+        FL_GPU_COUNT=str(len(selected) if selected else len(gpus)),
         FL_GPU_NAMES=";".join(g.name or "unknown" for g in gpus),
         FL_GPU_UUIDS=";".join(g.uuid for g in gpus),
         FL_GPU_MEMORY_MIB=";".join(str((g.memory_total or 0) // 2**20) for g in gpus),
@@ -388,6 +389,4 @@ def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dic
 def _mig_label(gpu) -> str:
     if gpu.mig_mode is None:
         return "UNSUPPORTED"
-    if not gpu.mig_mode:
-        return "OFF"
-    return f"ON:{len(gpu.mig_devices)}"  # MIG on, with that many MIG devices
+    return "ENABLED" if gpu.mig_mode else "DISABLED"
