@@ -468,15 +468,19 @@ class Reporter:
             return False
         report = Report(dict(updates), tuple(deletes))
         deadline = time.monotonic() + self.total_timeout_s
-        with self._queue.locked(deadline) as held:
-            outcome = "busy"
-            if held and self._deliver_queue(deadline)[1]:
-                outcome = self._deliver(report, deadline)
-            if outcome == "delivered":
-                return True
-            if outcome == "refused":
-                return False
-            self._queue.append(report)
+        try:
+            with self._queue.locked(deadline) as held:
+                outcome = "busy"
+                if held and self._deliver_queue(deadline)[1]:
+                    outcome = self._deliver(report, deadline)
+                if outcome in ("delivered", "refused"):
+                    return outcome == "delivered"
+                self._queue.append(report)
+        except OSError as exc:  # no writable state directory: report without a queue
+            _log().error(
+                "onegate_queue_unusable", directory=str(self._queue.directory), error=str(exc)
+            )
+            return self._deliver(report, deadline) == "delivered"
         _log().warning(
             "onegate_report_queued",
             attributes=sorted(report.updates),

@@ -421,3 +421,12 @@ def test_remote_status_shows_what_operators_see(emulator, root):
         "FL_NODE_READY": "YES",
         "READY": "YES",
     }
+
+
+def test_unwritable_state_directory_does_not_stop_reporting(emulator, tmp_path):
+    (tmp_path / "var").write_text("a file where /var/lib should be a directory")
+    reporter = reporter_for(emulator, Root(tmp_path), timeout=0.2)
+    assert reporter.send(*state_report("BOOTING"))
+    emulator.stop()
+    assert reporter.send(*state_report("FAILED", error=("x", "y"))) is False
+    assert reporter.pending() == 0
