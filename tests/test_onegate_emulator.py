@@ -166,9 +166,9 @@ def test_faults_and_the_record(emulator):
     with pytest.raises(requests.ConnectionError):
         call(emulator, "GET", "/vm")
     emulator.clear_faults()
-    emulator.set_faults(fail_for_s=0.2)
+    emulator.set_faults(fail_for_s=0.5)
     assert call(emulator, "GET", "/vm").status_code == 500
-    time.sleep(0.25)
+    time.sleep(0.55)
     assert call(emulator, "GET", "/vm").status_code == 200
     statuses = [r.status for r in emulator.requests]
     assert statuses == [503, 503, 200, 401, None, 500, 200]
