@@ -16,6 +16,9 @@ from agent.errors import Problem
 
 CONTAINER_NAME = "flower-supernode"
 CONTAINER_USER = "49999:49999"
+FALLBACK_HOME = "/home/flwr"
+"""HOME for an image that names no user: a tmpfs owned by 49999, since the image's own HOME
+(root's) is not writable by it."""
 DATA_MOUNT = "/app/data"
 CA_MOUNT = "/app/tls/ca.pem"
 RESTART_POLICY = "unless-stopped"
@@ -55,6 +58,7 @@ class ContainerSpec:
     gpu_device_ids: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
     user: str | None = None  # None: the image's own non-root user
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (path, mount options)
     name: str = CONTAINER_NAME
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
@@ -176,6 +180,11 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     else:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
         env["CUDA_VISIBLE_DEVICES"] = ""
+    user = None if _non_root(inputs.image_user) else CONTAINER_USER
+    tmpfs: tuple[tuple[str, str], ...] = ()
+    if user:
+        env["HOME"] = FALLBACK_HOME
+        tmpfs = ((FALLBACK_HOME, "uid=49999,gid=49999,mode=0700"),)
     use_all = gpu and (inputs.gpu.request_all or not inputs.gpu.uuids)
     return ContainerSpec(
         image=config.supernode_image,
@@ -186,7 +195,8 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
         gpu_count=-1 if use_all else None,
         gpu_device_ids=inputs.gpu.uuids if gpu and not use_all else (),
         binds=tuple(binds),
-        user=None if _non_root(inputs.image_user) else CONTAINER_USER,
+        user=user,
+        tmpfs=tmpfs,
     )
 
 

@@ -150,6 +150,8 @@ def create_kwargs(spec: ContainerSpec) -> dict:
     }
     if spec.user:
         kwargs["user"] = spec.user
+    if spec.tmpfs:
+        kwargs["tmpfs"] = dict(spec.tmpfs)
     if spec.runtime:
         kwargs["runtime"] = spec.runtime
     if spec.mode == "GPU":

@@ -140,3 +140,16 @@ def test_image_without_user_runs_as_49999(docker_client, standin_images, no_supe
     assert result.running
     logs = docker_client.containers.get("flower-supernode").logs().decode()
     assert "standin-user: 49999:49999" in logs
+    assert "standin-home: writable" in logs
+
+
+def test_image_user_home_and_data_usable(docker_client, standin_images, no_supernode, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    data.chmod(0o755)
+    plan = plan_for(standin_images["ok"], data)
+    assert plan.spec.user is None  # the image's own user 49999
+    assert converge(docker_client, plan.spec, stability_s=0.5).running
+    logs = docker_client.containers.get("flower-supernode").logs().decode()
+    assert "standin-user: 49999:49999" in logs and "standin-data: readable" in logs
+    assert "standin-home: writable" in logs
