@@ -501,7 +501,9 @@ def discover(
     run = _Run(config, reporter, sleep)
     needs_service = run.address is None or run.node_config is None or run.wants_ca
     if needs_service and reporter.enabled:
-        run.lookup(attempts, interval_s)
+        # Only the CA missing: one look, a configured node does not wait on OneGate for it.
+        only_ca = run.address is not None and run.node_config is not None
+        run.lookup(1 if only_ca else attempts, interval_s)
     elif needs_service:
         if run.address is None:
             run.problems.append(_not_found("no FL_SUPERLINK_ADDRESS, and OneGate is off"))

@@ -326,3 +326,13 @@ def test_partition_waits_until_this_vm_is_listed(emulator, tmp_path):
     assert discover(config, reporter, attempts=1, sleep=Clock()).node_config == (
         "partition-id=0 num-partitions=1"
     )
+
+
+def test_configured_address_does_not_wait_on_onegate_for_a_ca(emulator, tmp_path):
+    config, reporter = setup(emulator, tmp_path, timeout=0.1, superlink_address="h:1",
+                             node_config="x=1")  # fmt: skip
+    emulator.set_faults(fail_for_s=60)
+    clock = Clock()
+    found = discover(config, reporter, attempts=30, interval_s=10, sleep=clock)
+    assert found.ok and found.ca_pem is None and clock.calls == 0
+    assert "system's CAs" in found.notes[-1]
