@@ -495,6 +495,8 @@ def test_broken_context_fails_the_unit_reports_failed_and_starts_nothing(
     assert elapsed_s < 60
     template = onegate.user_template(vm_id)
     assert template["FL_STATE"] == "FAILED" and "READY" not in template
+    # READY is the agent's: the image's net-99-report-ready never reports it on its own.
+    vm.sh("grep", "-q", "READY belongs to the agent", "/etc/one-context.d/net-99-report-ready")
     with pytest.raises(NotFound):
         supernode(docker_client)
     assert appliance.READY_MARKER not in vm.read(appliance.MOTD)

@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 HOOK = REPO / "context.d" / "net-90-fl-agent"
+REPORT_READY = REPO / "context.d" / "net-99-report-ready"
 PACKER = REPO / "packer"
 SCRIPTS = sorted((PACKER / "scripts").glob("*.sh"))
 ZERO_SHA256 = "sha256:" + "0" * 64
@@ -203,9 +204,21 @@ def test_hook_reruns_the_unit_on_reconfigure_after_a_boot_in_progress(fake_syste
     ] * 2
 
 
+def test_report_ready_replacement_leaves_ready_to_the_agent():
+    """one-context's own script would say READY=YES before the agent has started anything."""
+    assert REPORT_READY.stat().st_mode & stat.S_IXUSR
+    env = {**os.environ, "REPORT_READY": "YES", "PATH": "/nonexistent"}
+    result = subprocess.run(
+        [str(REPORT_READY), "network", ""], env=env, capture_output=True, timeout=10
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
 def test_shell_scripts_are_shellcheck_clean():
     result = subprocess.run(
-        ["shellcheck", "-x", str(HOOK), *map(str, SCRIPTS)], capture_output=True, text=True
+        ["shellcheck", "-x", str(HOOK), str(REPORT_READY), *map(str, SCRIPTS)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(s.stat().st_mode & stat.S_IXUSR for s in SCRIPTS)

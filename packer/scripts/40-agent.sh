@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The agent: its wheel in its own venv under /opt/fl-agent, the units (enabled), the
-# one-context hook and the baked Flower version.
+# one-context scripts (context.d/) and the baked Flower version.
 set -euxo pipefail
 
 venv=/opt/fl-agent/venv
@@ -20,7 +20,8 @@ ln -sf "$venv/bin/fl-agent" /usr/local/bin/fl-agent
 
 install -m 0644 "$FL_STAGE"/systemd/*.service "$FL_STAGE"/systemd/*.timer /usr/lib/systemd/system/
 install -d -m 0755 /etc/one-context.d
-install -m 0755 "$FL_STAGE/context.d/net-90-fl-agent" /etc/one-context.d/net-90-fl-agent
+# The hook, and the net-99-report-ready that leaves READY to the agent (replacing one-context's).
+install -m 0755 "$FL_STAGE"/context.d/* /etc/one-context.d/
 systemctl enable fl-agent.service fl-agent-revalidate.timer
 
 # The Flower version the node runs unless the context says otherwise. The agent's own table
