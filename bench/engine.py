@@ -1,0 +1,131 @@
+"""A private Docker engine: its own dockerd, socket, data root and containerd.
+
+Benchmarks and fault tests run `fl-agent boot` against it (through DOCKER_HOST), so the fixed
+container name `flower-supernode` never collides with other test runs on the machine's engine,
+and stopping the engine mid-boot stops nobody else's. Started the way scripts/setup.sh starts
+the machine's engine (`setsid dockerd --storage-driver=overlay2`); needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+MAIN_HOST = "unix:///var/run/docker.sock"
+
+
+class PrivateEngine:
+    """One dockerd under a fresh temporary directory; `env` points the docker SDK and CLI at it."""
+
+    def __init__(self) -> None:
+        # Short paths: the sockets (containerd's too) must fit in 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="fle-", dir="/tmp"))
+        self.host = f"unix://{self.dir}/d.sock"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.host}
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start dockerd (again, after `stop`) and wait until `docker version` answers."""
+        log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - the child keeps it
+        with log:
+            self.process = subprocess.Popen(
+                [
+                    "setsid",
+                    "dockerd",
+                    "--storage-driver=overlay2",
+                    f"--host={self.host}",
+                    f"--data-root={self.dir}/data",
+                    f"--exec-root={self.dir}/x",
+                    f"--pidfile={self.dir}/d.pid",
+                    "--bridge=none",
+                    "--iptables=false",
+                    "--ip-masq=false",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = (self.dir / "dockerd.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"private dockerd did not come up:\n{tail}")
+            time.sleep(0.1)
+
+    def answers(self) -> bool:
+        result = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            env=self.env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, as an engine stop does; SIGKILL if it has not exited in time."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def load_image(self, tag: str) -> None:
+        """Copy an image from the machine's engine (no registry is reachable here)."""
+        save = subprocess.Popen(
+            ["docker", "-H", MAIN_HOST, "save", tag],
+            stdout=subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k != "DOCKER_HOST"},
+        )
+        subprocess.run(
+            ["docker", "load", "-q"],
+            stdin=save.stdout,
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        if save.wait(60) != 0:
+            raise RuntimeError(f"docker save {tag} failed")
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The docker CLI against this engine."""
+        return subprocess.run(
+            ["docker", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    def close(self) -> None:
+        """Remove every container, stop the engine, delete its directory."""
+        if self.process is not None and self.answers():
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+        self.stop()
+        subprocess.run(["umount", "-R", "-l", str(self.dir)], capture_output=True, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
