@@ -37,15 +37,26 @@ def standin_images(docker_client) -> dict[str, str]:
     return built
 
 
+SUPERNODE_LOCK = "/tmp/fl-agent-test-supernode.lock"
+
+
 @pytest.fixture
 def no_supernode(docker_client):
-    """No `flower-supernode` container before and after the test."""
+    """No `flower-supernode` container before and after the test, and none of another's.
+
+    The engine is shared by every test process on the machine and the container's name is fixed:
+    a lock on a host-wide file makes the tests that use it take turns.
+    """
+    import fcntl
+
     from docker.errors import NotFound
 
     def remove() -> None:
         with contextlib.suppress(NotFound):
             docker_client.containers.get("flower-supernode").remove(force=True)
 
-    remove()
-    yield
-    remove()
+    with open(SUPERNODE_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remove()
+        yield
+        remove()

@@ -35,9 +35,6 @@ IMAGE_REPOSITORY = "fl-agent-test/appliance"
 BUILD_INPUTS = ("packer", "systemd", "context.d", "agent", "pyproject.toml")
 BUILD_SKIP = {".stage", "output", "__pycache__"}
 VM_LABEL = "fl-agent-test.appliance-vm"
-# Every test that owns the one `flower-supernode` container of the shared engine holds this lock,
-# so test runs in parallel processes do not remove each other's node.
-SUPERNODE_LOCK = "/tmp/fl-agent-test-supernode.lock"
 
 RUNNING = {
     "state": "RUNNING",
@@ -331,19 +328,6 @@ class ApplianceVM:
 
 
 @pytest.fixture
-def supernode_slot():
-    with open(SUPERNODE_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@pytest.fixture
-def own_supernode(supernode_slot, no_supernode):
-    """The engine's `flower-supernode` is this test's alone, absent before and after."""
-    yield
-
-
-@pytest.fixture
 def onegate():
     from agent.emulator.onegate import OneGateEmulator
 
@@ -413,7 +397,7 @@ def assert_marketplace_checks(vm: ApplianceVM, docker_client) -> None:
 
 @pytest.mark.docker
 def test_appliance_boots_converges_on_reconfigure_and_passes_marketplace_checks(
-    vm_factory, onegate, superlink, standin_images, docker_client, own_supernode
+    vm_factory, onegate, superlink, standin_images, docker_client, no_supernode
 ):
     vm = vm_factory("node")
     vm_id, token = 41, secrets.token_urlsafe(16)
@@ -471,7 +455,7 @@ def test_appliance_boots_converges_on_reconfigure_and_passes_marketplace_checks(
 
 @pytest.mark.docker
 def test_broken_context_fails_the_unit_reports_failed_and_starts_nothing(
-    vm_factory, onegate, superlink, standin_images, docker_client, own_supernode
+    vm_factory, onegate, superlink, standin_images, docker_client, no_supernode
 ):
     from docker.errors import NotFound
 
