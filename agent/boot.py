@@ -20,11 +20,13 @@ from agent.paths import Root
 from agent.plan import GpuVerdict, Plan, PlanInputs, make_plan
 
 EXIT_CODES = {"RUNNING": 0, "FAILED": 1, "INVALID": 2, "DEGRADED": 3}
+TERMINAL_STATES = ("RUNNING", "DEGRADED", "FAILED")
 
 
 @dataclass(frozen=True)
 class BootOptions:
     dry_run: bool = False
+    periodic: bool = False  # a re-convergence by the timer: report only the outcome
     stability_s: float = 3.0
     docker_timeout_s: float = 60.0
     lock_wait_s: float = 0.0
@@ -76,10 +78,21 @@ class _Run:
         self.logger.info("state", state=state)
         if self.reporter is None or self.options.dry_run:
             return
+        if self.options.periodic and state not in TERMINAL_STATES:
+            return  # progress reports would take READY away from a node that keeps running
         from agent.onegate import state_report
 
         updates, deletes = state_report(state, **kwargs)
-        self.reporter.send(updates, deletes)
+        self.reporter.send(updates, deletes, timeout_s=self._budget(state))
+
+    def _budget(self, state: str) -> float:
+        """Progress reports get a short budget (shorter still once one failed); the terminal
+        report the full one. An unreachable OneGate so costs a boot seconds, not minutes, and
+        what was not delivered waits in the queue."""
+        if state in TERMINAL_STATES:
+            return self.options.onegate_timeout_s
+        failed = self.reporter.last_problem is not None
+        return min(self.options.onegate_timeout_s, 0.5 if failed else 2.0)
 
 
 def _now() -> str:

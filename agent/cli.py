@@ -95,6 +95,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     options = BootOptions(
         dry_run=args.dry_run,
+        periodic=args.periodic,
         stability_s=args.stability_window,
         lock_wait_s=args.lock_wait,
         discovery_attempts=args.discovery_attempts,
@@ -281,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="wait this long for another running boot, then exit (default: exit at once)",
+    )
+    p.add_argument(
+        "--periodic",
+        action="store_true",
+        help="a periodic re-convergence (the timer): send OneGate only the outcome, so READY "
+        "stays while the node keeps running; undelivered reports are sent first",
     )
     p.add_argument(
         "--discovery-attempts",

@@ -459,15 +459,23 @@ class Reporter:
 
     # -- reports
 
-    def send(self, updates: Mapping[str, str], deletes: Iterable[str] = ()) -> bool:
+    def send(
+        self,
+        updates: Mapping[str, str],
+        deletes: Iterable[str] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> bool:
         """Deliver one state change after any queued ones; True when delivered now.
 
         Not delivered (OneGate down, slow, 401, out of time): kept on disk for `flush`.
+        `timeout_s` bounds this call (default: `total_timeout_s`).
         """
         if not self.enabled:
             return False
         report = Report(dict(updates), tuple(deletes))
-        deadline = time.monotonic() + self.total_timeout_s
+        budget = self.total_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + budget
         try:
             with self._queue.locked(deadline) as held:
                 outcome = "busy"

@@ -28,7 +28,7 @@ def onegate():
         yield em
 
 
-def boot(tmp_path, onegate, image: str, **variables: str) -> tuple[int, dict]:
+def boot(tmp_path, onegate, image: str, *flags: str, **variables: str) -> tuple[int, dict]:
     context_dir = tmp_path / "cd"
     context_dir.mkdir(exist_ok=True)
     base = {
@@ -57,6 +57,7 @@ def boot(tmp_path, onegate, image: str, **variables: str) -> tuple[int, dict]:
             "--discovery-interval",
             "0.2",
             "--json",
+            *flags,
         ],
         capture_output=True,
         text=True,
@@ -181,3 +182,35 @@ def test_no_superlink_anywhere_fails_clearly(
     assert code == 1
     assert record["problems"][0]["name"] in ("superlink_not_found", "superlink_unreachable")
     assert "READY" not in onegate.user_template(ME)
+
+
+def test_periodic_reconvergence_keeps_ready_and_resends_queued(
+    onegate, tmp_path, docker_client, standin_images, no_supernode
+):
+    onegate.set_faults(drop=True)
+    static = {
+        "FL_GPU_ENABLED": "NO",
+        "FL_SUPERLINK_ADDRESS": "127.0.0.1:9092",
+        "FL_NODE_CONFIG": "partition-id=0",
+    }
+    code, record = boot(tmp_path, onegate, standin_images["ok"], **static)
+    assert code == 0, record  # OneGate down delays nothing
+    assert "FL_STATE" not in onegate.user_template(ME)
+    onegate.clear_faults()
+    onegate.clear_requests()
+    code, record = boot(tmp_path, onegate, standin_images["ok"], "--periodic", FL_GPU_ENABLED="NO")
+    assert code == 0 and record["container"]["action"] == "unchanged"
+    held = onegate.user_template(ME)
+    assert held["FL_STATE"] == "RUNNING" and held["READY"] == "YES"
+    puts = [r for r in onegate.requests if r.method == "PUT"]
+    states = [
+        dict(line.split("=", 1) for line in r.data_lines).get("FL_STATE")
+        for r in puts
+        if r.params.get("type") == "1"
+    ]
+    # the first boot's queued reports, in order, then the periodic run's outcome only
+    assert states[0] == "BOOTING" and states[-2:] == ["RUNNING", "RUNNING"]
+    first_ready = next(i for i, r in enumerate(puts) if "READY=YES" in r.data_lines)
+    assert not [
+        r for r in puts[first_ready:] if r.params.get("type") == "2" and r.data_lines == ["READY"]
+    ]
