@@ -114,6 +114,8 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
 
 
 def test_boot_unit_runs_once_after_context_engine_and_network():
+    from agent.cli import build_parser
+
     unit = unit_settings(UNITS / "fl-agent.service")
     after, wants = words(unit, "After"), words(unit, "Wants")
     for dependency in ("one-context.service", "docker.service", "network-online.target"):
@@ -121,7 +123,10 @@ def test_boot_unit_runs_once_after_context_engine_and_network():
     # Requires= would propagate the toolkit install's docker restart to the running boot.
     assert not unit.get("Requires") and not unit.get("BindsTo") and not unit.get("PartOf")
     assert unit["Type"] == ["oneshot"] and unit["RemainAfterExit"] == ["yes"]
-    assert unit["ExecStart"] == ["/opt/fl-agent/venv/bin/fl-agent boot"]
+    command = unit["ExecStart"][0].split()
+    assert command[0] == "/opt/fl-agent/venv/bin/fl-agent" and len(unit["ExecStart"]) == 1
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "boot" and not args.periodic and args.lock_wait > 0
     assert "3" in words(unit, "SuccessExitStatus")
     assert unit["TimeoutStartSec"] and unit["TimeoutStartSec"][0] not in ("0", "infinity")
     assert unit.get("Restart", ["no"]) == ["no"]
@@ -137,7 +142,8 @@ def test_revalidate_runs_the_idempotent_boot_after_the_boot_unit():
     assert "fl-agent.service" in words(service, "After")
     command = service["ExecStart"][0].split()
     assert command[0] == "/opt/fl-agent/venv/bin/fl-agent"
-    assert build_parser().parse_args(command[1:]).command == "boot"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "boot" and args.periodic and args.lock_wait > 0
     assert "3" in words(service, "SuccessExitStatus") and service["TimeoutStartSec"]
     assert timer["OnUnitActiveSec"] and timer["OnBootSec"]
     assert timer["WantedBy"] == ["timers.target"]
