@@ -85,7 +85,7 @@ def boot(root: Path, context: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_rounds_through_the_supernode_the_agent_booted(
-    version, superlink, tmp_path, docker_client, no_supernode
+    no_supernode, version, superlink, tmp_path, docker_client
 ):
     context = tmp_path / "context.sh"
     context.write_text(
