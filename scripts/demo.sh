@@ -48,6 +48,9 @@ wait_port() {
 
 step "1/7 machine setup: Debian packages, Docker engine, .venv, base images"
 bash scripts/setup.sh
+# The container name is fixed: take turns with test runs on this machine (tests/conftest.py).
+exec 7>/tmp/fl-agent-test-supernode.lock
+flock 7
 docker container inspect flower-supernode >/dev/null 2>&1 \
   && die "a flower-supernode container exists already; remove it first (docker rm -f flower-supernode)"
 
