@@ -41,7 +41,7 @@ class Partition:
 
 def load_partition(partition_id: int, samples: int) -> Partition:
     """The partition's samples, identical for the same (partition_id, samples)."""
-    centres = torch.randn(NUM_CLASSES, NUM_FEATURES, generator=_gen(0)) * 1.5
+    centres = torch.randn(NUM_CLASSES, NUM_FEATURES, generator=_gen(0)) * 0.3
     gen = _gen(1 + partition_id)
     labels = torch.randint(0, NUM_CLASSES, (samples,), generator=gen)
     features = centres[labels] + torch.randn(samples, NUM_FEATURES, generator=gen)
