@@ -360,8 +360,9 @@ def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
     facts = _gpu_attributes(gpu_facts, mode, run.record.get("validation"))
     run.report(terminal, facts=facts, error=error, ready=running)
     problem = write_state(run.root, run.record)
-    if problem:
-        run.logger.error("state not written", problem=str(problem))
+    if problem:  # the node is unaffected; say so in the log and in the outcome printed
+        run.logger.error("state not written", problem=problem.name, detail=str(problem))
+        run.record["problems"].append(problem.to_dict())
     try:
         appliance.write_service_report(run.root, run.record)
         (appliance.mark_ready if running else appliance.clear_ready)(run.root)
