@@ -130,6 +130,34 @@ def test_two_rounds_through_the_supernode_the_agent_booted(
     assert "device selected: cpu (cpu): FL_GPU_MODE=CPU" in logs, logs
 
 
+def test_images_have_the_released_layout_and_the_helpers(version, docker_client):
+    image = docker_client.images.get(flower.default_image(version))
+    config = image.attrs["Config"]
+    assert config["Entrypoint"] == ["flower-supernode"]
+    assert config["User"] == "app" and config["WorkingDir"] == "/app"
+    assert "HOME=/app" in config["Env"]
+    probe = (
+        "import os, flwr, torch; from agent.clientapp import select_device;"
+        "from importlib.metadata import version;"
+        "print(os.getuid(), version('flwr'), torch.version.cuda, select_device().kind)"
+    )
+    out = docker_client.containers.run(
+        image.id, ["-c", probe], entrypoint="python", remove=True, network_disabled=True
+    )
+    assert out.decode().split() == ["49999", version, "None", "cpu"]
+
+
+def test_image_build_is_skipped_when_nothing_changed(version):
+    again = subprocess.run(
+        ["bash", str(REPO / "images/build-supernode.sh"), version],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "built" not in again.stdout
+
+
 PARSE = (
     "import importlib, json, sys;"
     "importlib.import_module('flwr.supernode.cli.flower_supernode');"
