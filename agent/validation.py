@@ -123,7 +123,7 @@ def _fail(problem: Problem, context: str = "") -> _Outcome:
 
 @dataclass
 class _Run:
-    """One validation: the inputs, the facts as stages read them, the stage results."""
+    """One validation: the inputs and the facts as the stages read them."""
 
     config: Config
     root: Root

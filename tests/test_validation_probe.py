@@ -108,3 +108,39 @@ def test_framework_not_checkable_is_a_warning_not_ok(data):
 def test_image_requirement_beyond_the_driver():
     problem = validation._cuda_too_old("NVIDIA_REQUIRE_CUDA", (12, 8), 12040)
     assert problem.name == "cuda_driver_too_old" and "12.8" in problem.message
+
+
+def container_run(selected=None):
+    from agent.config import Config
+    from agent.gpu import MigDevice, NvmlFacts, NvmlGpu, Selection
+    from agent.paths import Root
+
+    nvml = NvmlFacts(
+        True,
+        gpus=(
+            NvmlGpu(0, GPU_A, mig_mode=True, mig_devices=(MigDevice(MIG_A, 1, 0, 1),)),
+            NvmlGpu(1, GPU_H),
+        ),
+    )
+    run = validation._Run(Config(), Root(), None, False, 0.0, nvml=nvml)
+    run.selection = Selection(selected)
+    return run
+
+
+GPU_A, MIG_A, GPU_H = probe.listed_uuids(SMI_L)
+
+
+def test_container_sees_what_nvml_sees():
+    out = validation._compare_uuids(container_run(), (GPU_A, MIG_A, GPU_H))
+    assert out.status == "ok"
+
+
+def test_container_sees_a_selected_mig_device_under_its_parent():
+    out = validation._compare_uuids(container_run((MIG_A,)), (GPU_A, MIG_A))
+    assert out.status == "ok"
+
+
+@pytest.mark.parametrize("seen", [(), (GPU_A, MIG_A), (GPU_H, GPU_A)])
+def test_container_gpu_mismatch(seen):
+    out = validation._compare_uuids(container_run((GPU_H,)), seen)
+    assert out.status == "fail" and out.problem.name == "container_gpu_mismatch"
