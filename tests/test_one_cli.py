@@ -25,14 +25,6 @@ def h200(address: str, vmid: int = -1) -> Pci:
                vmid=vmid)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _keep_socket_timeout():
-    """pyone's timeout sets the process-wide socket default: put it back after each test."""
-    before = socket.getdefaulttimeout()
-    yield
-    socket.setdefaulttimeout(before)
-
-
 def start(monkeypatch, tmp_path, hosts=DEFAULT_HOSTS, templates=None) -> OnedEmulator:
     oned = OnedEmulator(hosts, session=f"oneadmin:{PASSWORD}", templates=templates)
     oned.start()
@@ -354,6 +346,28 @@ def test_server_down_is_unreachable(oned, capsys):
     code, out, err = run(capsys, "hosts", "--endpoint", f"http://127.0.0.1:{port}/RPC2")
     assert code == 1 and out == ""
     assert f"127.0.0.1:{port}/RPC2: server unreachable" in err
+
+
+def test_server_that_never_answers_times_out(oned, capsys):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/RPC2"
+        code, _, err = run(capsys, "hosts", "--endpoint", url, "--timeout", "0.3")
+    assert code == 1
+    assert "no answer in time" in err
+    assert socket.getdefaulttimeout() is None
+
+
+def test_hosts_without_nvidia_devices_says_why(monkeypatch, tmp_path, capsys):
+    oned = start(monkeypatch, tmp_path, (Host(3, "cpu-node-01"),))
+    try:
+        code, out, _ = run(capsys, "hosts")
+    finally:
+        oned.stop()
+    assert code == 0
+    assert "no NVIDIA PCI devices in the host pool" in out and "10de:*" in out
+    assert out.rstrip().endswith("none")
 
 
 def test_wrong_path_is_not_oned(oned, capsys):

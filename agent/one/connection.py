@@ -95,8 +95,12 @@ class OneClient:
 
         self.conn = conn
         self._server = pyone.OneServer(
-            conn.endpoint, session=conn.session.reveal(), timeout=timeout, protocol="xmlrpc"
+            conn.endpoint, session=conn.session.reveal(), protocol="xmlrpc"
         )
+        # pyone's own `timeout` only sets the process-wide socket default, which requests
+        # overrides (it passes timeout=None), so a silent oned would hang us: use a transport
+        # that times out. xmlrpc.client.ServerProxy keeps its transport in __transport.
+        self._server._ServerProxy__transport = _timed_transport(conn.endpoint, timeout)
 
     def call(self, method: str, *args: object) -> object:
         """``call("hostpool.info")`` runs XML-RPC ``one.hostpool.info(session)``."""
@@ -107,6 +111,28 @@ class OneClient:
             return target(*args)
         except Exception as exc:
             raise translate(exc, f"one.{method}", self.conn) from None
+
+
+def _timed_transport(endpoint: str, timeout: float | None) -> object:
+    """pyone's requests-based XML-RPC transport, with a timeout on every request."""
+    import xmlrpc.client
+
+    import requests
+    from pyone.server_xrpc import RequestsTransport
+
+    class TimedTransport(RequestsTransport):
+        def request(self, host, handler, request_body, verbose=False):
+            url = self._build_url(host, handler)
+            resp = requests.post(
+                url, data=request_body, headers=self.headers, verify=True, timeout=timeout
+            )
+            if not resp.ok:
+                raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason, resp.headers)
+            return self.parse_response(resp)
+
+    transport = TimedTransport()
+    transport.set_https(endpoint.startswith("https"))
+    return transport
 
 
 def translate(exc: Exception, method: str, conn: Connection) -> AgentError:
