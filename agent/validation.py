@@ -11,6 +11,9 @@ Verdicts: FL_GPU_ENABLED=NO -> CPU_ONLY (every stage skipped); AUTO without an N
 the PCI bus -> CPU_ONLY; a GPU whose path fails -> FAILED (mode CPU); YES without a GPU ->
 FAILED; every stage passed -> PASSED (mode GPU). The one repair (`repair=True`) is the
 toolkit's install, through `agent.toolkit.ensure`; `repair=False` changes nothing.
+
+NVML is read once, in the driver stage (the module's version is compared with NVML's there), so
+that stage's duration includes NVML's initialisation and the nvml stage only interprets it.
 """
 
 from __future__ import annotations
@@ -250,7 +253,9 @@ def _timed(name: str, stage: Callable[[_Run], _Outcome], run: _Run) -> StageResu
     )
 
 
-def _report(run: _Run, stages: tuple[StageResult, ...], failed: StageResult | None):
+def _report(
+    run: _Run, stages: tuple[StageResult, ...], failed: StageResult | None
+) -> ValidationReport:
     facts = run.facts()
     if not run.config.wants_gpu or (run.no_gpu and failed is None):
         verdict, mode = "CPU_ONLY", "CPU"
