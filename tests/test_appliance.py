@@ -418,6 +418,10 @@ def test_appliance_boots_converges_on_reconfigure_and_passes_marketplace_checks(
     assert 0 < int(context["ExecMainExitTimestampMonotonic"]) <= started
     assert 0 < int(network["ActiveEnterTimestampMonotonic"]) <= started
     assert {"docker.service", "one-context.service"} <= set(agent["After"].split())
+    units = ("fl-agent.service", "fl-agent-revalidate.service", "fl-agent-revalidate.timer")
+    verify = vm.sh("systemd-analyze", "verify", *units)
+    assert verify.stdout + verify.stderr == ""
+    assert vm.sh("systemctl", "is-enabled", units[0], units[2]).stdout.split() == ["enabled"] * 2
 
     # The SuperNode runs on the (host's) engine; OneGate holds READY=YES.
     node = supernode(docker_client)
