@@ -7,19 +7,22 @@
 # FL_NVIDIA_DRIVER_PACKAGES: driver packages to bake (a GPU image); empty: none.
 set -euxo pipefail
 
-keyring=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
-repo='https://nvidia.github.io/libnvidia-container'
-baked=/opt/fl-agent/nvidia-toolkit
-packages=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools
-  libnvidia-container1)
+# Where the agent looks for the keyring and the baked packages, and which packages it installs:
+# asked from the agent installed by 40-agent.sh (agent/toolkit.py), the one source of truth.
+agent_py=/opt/fl-agent/venv/bin/python
+read -r keyring baked repo_url < <("$agent_py" -c \
+  'from agent import toolkit as t; print(t.KEYRING, t.BAKED_DIR, t.NVIDIA_REPO_URL)')
+mapfile -t packages < <("$agent_py" -c \
+  'from agent import toolkit as t; print(*t.TOOLKIT_PACKAGES, sep="\n")')
+gpgkey_url='https://nvidia.github.io/libnvidia-container/gpgkey'
 
 case "${FL_NVIDIA_TOOLKIT:-none}" in
   none) ;;
   keyring | bake)
-    curl -fsSL --retry 3 "$repo/gpgkey" | gpg --dearmor --yes -o "$keyring"
+    curl -fsSL --retry 3 "$gpgkey_url" | gpg --dearmor --yes -o "$keyring"
     if [ "$FL_NVIDIA_TOOLKIT" = bake ]; then
       list=$(mktemp)
-      echo "deb [signed-by=$keyring] $repo/stable/deb/\$(ARCH) /" >"$list"
+      echo "deb [signed-by=$keyring] $repo_url /" >"$list"
       apt_one=(-o "Dir::Etc::sourcelist=$list" -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0)
       apt-get "${apt_one[@]}" update -q
       install -d -m 0755 "$baked"
