@@ -126,6 +126,7 @@ def superexec_compatible(supernode: str, superexec: str) -> bool:
 
 def supernode_args(
     *,
+    version: str,
     superlink: str,
     insecure: bool,
     root_certificates: str | None,
@@ -134,10 +135,8 @@ def supernode_args(
     max_retries: int,
     max_wait_time: int,
     clientappio_address: str = "127.0.0.1:9094",
-    version: str = DEFAULT_FLOWER_VERSION,
 ) -> list[str]:
-    """The `flower-supernode` argv (after the entrypoint) for Flower `version` (X.Y.Z): pass
-    the configured version (`config.flower_version`); the default is only the baked one.
+    """The `flower-supernode` argv (after the entrypoint) for Flower `version` (X.Y.Z).
 
     The ClientAppIO (Runtime) API address is spelled per release: --clientappio-api-address
     up to 1.34, --host/--port from 1.35. 0 for retries or wait time means unlimited, which is
