@@ -17,11 +17,12 @@ What happens to reports queued during the outage is the re-send policy:
 - `proposal`: `timer`, plus two client changes tried here by patching the client in the agent
   processes only (`_proposal`), not in agent/onegate.py: a backlog goes out as one merged
   report (`Report.merged`, which the queue already uses beyond its limit) instead of one
-  request per queued report; full jitter with a longer cap (a retry waits U(0, d), d capped
-  at PROPOSED_CAP_S, not U(d/2, d) capped at 4 s); and a backoff that outlives one `send`
-  (after a failure, the next reports of the boot only queue until the jittered retry time),
-  so that during an outage each agent probes at growing random intervals instead of every
-  report restarting at the shortest delay.
+  request per queued report; and a backoff that outlives one request (the failures of the
+  boot's earlier reports count) with full jitter and a longer cap (a retry waits U(0, d),
+  d = 0.5 s * 2**failures capped at PROPOSED_CAP_S, where today each call restarts at
+  U(d/2, d) from 0.25 s, capped at 4 s), so that during an outage each agent probes at
+  growing random intervals and a report whose budget ends before the next probe is queued
+  without a request.
 
 Checks: every report delivered (per VM the FL_STATE sequence BOOTING..RUNNING, in order, none
 missing), all READY within 60 s of recovery, and the peak request rate after recovery at most
@@ -123,7 +124,7 @@ def run_worker(args: tuple) -> None:
 def one_agent(endpoint, agent, t0, resend, base, results) -> None:
     from agent.boot import BootOptions, _Run
     from agent.context import Secret
-    from agent.onegate import Reporter
+    from agent.onegate import Reporter, RetryPolicy
     from agent.paths import Root
 
     vmid, token, arrival, seed = agent
@@ -138,6 +139,7 @@ def one_agent(endpoint, agent, t0, resend, base, results) -> None:
         queue_dir=directory / "queue",
         total_timeout_s=10.0,
         rng=rng,
+        policy=RetryPolicy(base_s=1e6) if resend == "proposal" else None,
     )
     facts = {
         "FL_AGENT_VERSION": "0.1.0",
@@ -170,9 +172,6 @@ def _proposal() -> None:
 
     from agent import onegate
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0, min(PROPOSED_CAP_S, self.base_s * (2**attempt)))
-
     def deliver_queue(self, deadline: float) -> tuple[int, bool]:
         files = self._queue.files()
         if not files:
@@ -184,27 +183,34 @@ def _proposal() -> None:
             path.unlink()
         return len(files), True
 
-    send = onegate.Reporter.send
+    one_attempt = onegate._Transport.call  # with NO_RETRY, the original makes one attempt
 
-    def send_with_backoff(self, updates, deletes=(), *, timeout_s=None) -> bool:
-        """The backoff outlives one call: after a failure, later reports only queue until the
-        jittered retry time, so an outage sees each agent at growing, random intervals."""
-        state = self.__dict__.setdefault("_backoff", {"failures": 0, "retry_at": 0.0})
-        if time.monotonic() < state["retry_at"]:
-            self._queue.append(onegate.Report(dict(updates), tuple(deletes)))
-            return False
-        delivered = send(self, updates, deletes, timeout_s=timeout_s)
-        if delivered or not self.pending():
-            state.update(failures=0, retry_at=0.0)
-        else:
-            state["failures"] += 1
-            wait = self._transport.policy.delay(state["failures"], self._transport.rng)
-            state["retry_at"] = time.monotonic() + wait
-        return delivered
+    def call(self, method: str, path: str, deadline: float, data=None) -> str:
+        """Backoff that outlives one call: the failures of earlier reports count, so during an
+        outage each agent probes at growing, fully jittered intervals."""
+        backoff = self.__dict__.setdefault("_backoff", {"failures": 0, "at": 0.0})
+        while True:
+            wait = backoff["at"] - time.monotonic()
+            if wait > 0:
+                if time.monotonic() + wait >= deadline:
+                    raise onegate.OneGateError(
+                        onegate._problem(None, "backing off", path, self.endpoint)
+                    )
+                self.sleep(wait)
+            try:
+                body = one_attempt(self, method, path, deadline, data)
+            except onegate.OneGateError as exc:
+                if exc.status is not None and exc.status < 500:
+                    raise
+                backoff["failures"] += 1
+                ceiling = min(PROPOSED_CAP_S, 0.5 * 2 ** backoff["failures"])
+                backoff["at"] = time.monotonic() + self.rng.uniform(0, ceiling)
+                continue
+            backoff["failures"] = 0
+            return body
 
-    onegate.RetryPolicy.delay = delay
     onegate.Reporter._deliver_queue = deliver_queue
-    onegate.Reporter.send = send_with_backoff
+    onegate._Transport.call = call
 
 
 def _sleep_until(when: float) -> None:
@@ -363,9 +369,7 @@ def run(modes: list[str], agents: int = AGENTS) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "modes", nargs="*", default=MODES, choices=["product", "timer", "proposal", []]
-    )
+    parser.add_argument("modes", nargs="*", choices=[*MODES, []], help="default: all")
     parser.add_argument("--agents", type=int, default=AGENTS)
     args = parser.parse_args()
     main_guard(lambda: run(args.modes or MODES, args.agents))
