@@ -498,3 +498,41 @@ def test_broken_context_fails_the_unit_reports_failed_and_starts_nothing(
         supernode(docker_client)
     assert appliance.READY_MARKER not in vm.read(appliance.MOTD)
     assert "state          = FAILED" in vm.read(appliance.SERVICE_REPORT)
+
+
+@pytest.mark.docker
+def test_marketplace_checks_with_the_real_supernode_and_no_superlink(
+    vm_factory, onegate, docker_client, no_supernode
+):
+    """The image's default: the baked Flower version's SuperNode image, whose SuperLink is down.
+
+    flower-supernode keeps retrying its SuperLink; the node is RUNNING and certifiable.
+    """
+    from agent import flower
+
+    version = flower.DEFAULT_FLOWER_VERSION
+    subprocess.run(
+        ["bash", str(REPO / "images/build-supernode.sh"), version], check=True, timeout=1200
+    )
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed_port = probe.getsockname()[1]
+    vm = vm_factory("real")
+    vm_id, token = 43, secrets.token_urlsafe(16)
+    onegate.add_vm(vm_id, token=token)
+    variables = context_vars(onegate, vm_id, closed_port, "", vm.context_dir.parent / "data")
+    variables.pop("FL_SUPERNODE_IMAGE")
+    vm.write_context(variables, token)
+    vm.boot()
+
+    agent = vm.settle("fl-agent.service")
+    assert (agent["ActiveState"], agent["Result"]) == ("active", "success"), vm.journal()
+    assert vm.read("/etc/fl-agent/flower-version").strip() == version
+    node = supernode(docker_client)
+    assert f"fl-agent/supernode:{version}" in node.image.tags
+    time.sleep(10)  # well past the agent's stability window: still up, never restarted
+    node.reload()
+    assert node.status == "running" and node.attrs["RestartCount"] == 0
+    assert f"127.0.0.1:{closed_port}" in node.attrs["Args"]
+    assert b"Connection attempt failed, retrying" in node.logs()
+    assert_marketplace_checks(vm, docker_client)
+    assert f"image          = fl-agent/supernode:{version}" in vm.read(appliance.SERVICE_REPORT)
