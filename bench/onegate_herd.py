@@ -19,7 +19,7 @@ What happens to reports queued during the outage is the re-send policy:
   report (`Report.merged`, which the queue already uses beyond its limit) instead of one
   request per queued report; and a backoff that outlives one request (the failures of the
   boot's earlier reports count) with full jitter and a longer cap (a retry waits U(0, d),
-  d = 0.5 s * 2**failures capped at PROPOSED_CAP_S, where today each call restarts at
+  d = PROPOSED_BASE_S * 2**failures capped at PROPOSED_CAP_S, where today each call restarts at
   U(d/2, d) from 0.25 s, capped at 4 s), so that during an outage each agent probes at
   growing random intervals and a report whose budget ends before the next probe is queued
   without a request.
@@ -57,7 +57,8 @@ WINDOW_S = 5.0
 STEADY_FROM_S = 10.0  # the first seconds ramp up: not steady
 FIRST_VMID = 1000
 MODES = ["product", "timer", "proposal"]
-PROPOSED_CAP_S = 8.0
+PROPOSED_CAP_S = 30.0
+PROPOSED_BASE_S = 2.0
 
 
 # --------------------------------------------------------------------------- the server side
@@ -161,6 +162,7 @@ def one_agent(endpoint, agent, t0, resend, base, results) -> None:
         next_at = booted + rng.uniform(0, PERIOD_S)  # the VM's fixed random phase
         while run.reporter.pending() and next_at < deadline:
             _sleep_until(next_at)
+            run.reporter._transport.__dict__.pop("_backoff", None)  # a tick is a new process
             run.reporter.flush()
             next_at += PERIOD_S
     results.put((vmid, booted, queued_after_boot, run.reporter.pending()))
@@ -203,7 +205,7 @@ def _proposal() -> None:
                 if exc.status is not None and exc.status < 500:
                     raise
                 backoff["failures"] += 1
-                ceiling = min(PROPOSED_CAP_S, 0.5 * 2 ** backoff["failures"])
+                ceiling = min(PROPOSED_CAP_S, PROPOSED_BASE_S * 2 ** backoff["failures"])
                 backoff["at"] = time.monotonic() + self.rng.uniform(0, ceiling)
                 continue
             backoff["failures"] = 0
