@@ -42,7 +42,7 @@ def run(runs: int = 200) -> dict:
         ratio_check("fl-agent --help vs python -c pass", stats["fl-agent --help"], floor, 3.0),
         ratio_check("fl-agent status vs python -c pass", stats["fl-agent status"], floor, 3.0),
     ]
-    return report("cli_startup", {k: v.to_dict() for k, v in stats.items()}, checks)
+    return report("cli_startup", {"sides": {k: v.to_dict() for k, v in stats.items()}}, checks)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,15 @@ def main() -> int:
         if name in chosen:
             print(f"== {name}", flush=True)
             subprocess.run([PYTHON, *argv], cwd=REPO, check=False)
-    fuzz = None
+    fuzz_log = RESULTS / "fuzz_context.txt"
     if "fuzz" in chosen:
         print("== fuzz (bench/fuzz_context.sh)", flush=True)
         result = subprocess.run(["bash", str(FUZZ)], cwd=REPO, capture_output=True, text=True)
-        (RESULTS / "fuzz_context.txt").write_text(result.stdout + result.stderr)
-        fuzz = result.returncode == 0
-        print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "", flush=True)
+        fuzz_log.write_text(result.stdout + result.stderr + f"rc={result.returncode}\n")
+    fuzz = None  # from this run or the last one
+    if fuzz_log.exists():
+        fuzz = fuzz_log.read_text().rstrip().endswith("rc=0")
+        print("fuzz:", "passed" if fuzz else "FAILED", flush=True)
     results = {}
     for _, files in BENCHES.values():
         for stem in files:
