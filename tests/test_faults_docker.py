@@ -211,11 +211,11 @@ def _fill(path: Path) -> None:
 def test_engine_stopped_mid_boot_and_started_again(fresh, standin_images, tmp_path):
     ctx = context(tmp_path, standin_images["ok"])
     started = time.monotonic()
-    proc = start_boot(fresh, tmp_path / "root", ctx, "--stability-window", "2")
+    proc = start_boot(fresh, tmp_path / "root", ctx, "--stability-window", "3")
     try:
         _wait_for(lambda: running_ids(fresh), 60)
         fresh.stop()  # SIGTERM, during the stability window; still down when it ends
-        time.sleep(3)
+        time.sleep(4)
     finally:
         fresh.start()
     code, record, err = finish(proc)
