@@ -14,15 +14,15 @@ What happens to reports queued during the outage is the re-send policy:
 - `timer`: a re-send every PERIOD_S at a fixed random phase per VM (a systemd timer with
   RandomizedDelaySec and FixedRandomDelay=yes running `Reporter.flush`): what the numbers say
   the appliance needs.
-- `proposal`: `timer`, plus two client changes tried here by patching the client in the agent
-  processes only (`_proposal`), not in agent/onegate.py: a backlog goes out as one merged
-  report (`Report.merged`, which the queue already uses beyond its limit) instead of one
-  request per queued report; and a backoff that outlives one request (the failures of the
-  boot's earlier reports count) with full jitter and a longer cap (a retry waits U(0, d),
-  d = PROPOSED_BASE_S * 2**failures capped at PROPOSED_CAP_S, where today each call restarts at
-  U(d/2, d) from 0.25 s, capped at 4 s), so that during an outage each agent probes at
-  growing random intervals and a report whose budget ends before the next probe is queued
-  without a request.
+- `proposal`: `timer`, plus client changes tried here by patching the client in the agent
+  processes only (`_proposal`), not in agent/onegate.py: a backlog, with the new report
+  behind it, goes out as one merged report (`Report.merged`, which the queue already uses
+  beyond its limit) instead of one request per report; and a backoff that outlives one
+  request (the failures of the boot's earlier reports count) with full jitter and a longer
+  cap (a retry waits U(0, d), d = PROPOSED_BASE_S * 2**failures capped at PROPOSED_CAP_S,
+  where today each call restarts at U(d/2, d) from 0.25 s, capped at 4 s), so that during an
+  outage each agent probes at growing random intervals and a report whose budget ends before
+  the next probe is queued without a request.
 
 Checks: every report delivered (per VM the FL_STATE sequence BOOTING..RUNNING, in order, none
 missing), all READY within 60 s of recovery, and the peak request rate after recovery at most
@@ -211,7 +211,18 @@ def _proposal() -> None:
             backoff["failures"] = 0
             return body
 
+    def send(self, updates, deletes=(), *, timeout_s=None) -> bool:
+        """Behind a backlog, the new report joins it: one request for all of them."""
+        if not self.enabled or not self.pending():
+            return plain_send(self, updates, deletes, timeout_s=timeout_s)
+        self._queue.append(onegate.Report(dict(updates), tuple(deletes)))
+        deadline = time.monotonic() + (self.total_timeout_s if timeout_s is None else timeout_s)
+        with self._queue.locked(deadline) as held:
+            return held and self._deliver_queue(deadline)[1]
+
+    plain_send = onegate.Reporter.send
     onegate.Reporter._deliver_queue = deliver_queue
+    onegate.Reporter.send = send
     onegate._Transport.call = call
 
 
