@@ -120,8 +120,15 @@ class PrivateEngine:
             if ids:
                 self.docker("rm", "-f", *ids, check=False)
         self.stop()
-        subprocess.run(["umount", "-R", "-l", str(self.dir)], capture_output=True, check=False)
+        for mount in self._mounts():  # the engine leaves its netns mount behind
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _mounts(self) -> list[str]:
+        """Mount points under this engine's directory, deepest first."""
+        prefix = f"{self.dir}/"
+        points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
     def __enter__(self) -> PrivateEngine:
         self.start()
