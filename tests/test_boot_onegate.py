@@ -198,7 +198,7 @@ def test_periodic_reconvergence_keeps_ready_and_resends_queued(
     assert "FL_STATE" not in onegate.user_template(ME)
     onegate.clear_faults()
     onegate.clear_requests()
-    code, record = boot(tmp_path, onegate, standin_images["ok"], "--periodic", FL_GPU_ENABLED="NO")
+    code, record = boot(tmp_path, onegate, standin_images["ok"], "--periodic", **static)
     assert code == 0 and record["container"]["action"] == "unchanged"
     held = onegate.user_template(ME)
     assert held["FL_STATE"] == "RUNNING" and held["READY"] == "YES"
