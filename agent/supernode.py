@@ -67,9 +67,8 @@ def connect(*, timeout_s: float = 60.0, sleep: Callable[[float], None] = time.sl
     last = ""
     while True:
         try:
-            client = docker.from_env(timeout=60)
-            client.ping()
-            return client
+            # from_env asks the engine for its API version: that round trip is the check
+            return docker.from_env(timeout=60)
         except DockerException as exc:
             last = str(exc)
         if time.monotonic() + delay > deadline:
