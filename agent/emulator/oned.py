@@ -181,17 +181,8 @@ class Image:
     type: int = 0  # IMAGE_TYPES: 0 OS, 1 CDROM, 2 DATABLOCK, ...
 
     def xml(self) -> str:
-        fields = {
-            "ID": str(self.id),
-            "UID": "0",
-            "GID": "0",
-            "UNAME": self.owner,
-            "GNAME": "oneadmin",
-            "NAME": self.name,
-            "TYPE": str(self.type),
-            "STATE": "1",
-        }
-        return f"<IMAGE>{_elements(fields)}<TEMPLATE></TEMPLATE></IMAGE>"  # fmt: skip
+        extra = {"TYPE": str(self.type), "STATE": "1"}
+        return _pool_object("IMAGE", self.id, self.name, self.owner, extra)
 
 
 @dataclass(frozen=True)
@@ -201,15 +192,21 @@ class Vnet:
     owner: str = "oneadmin"
 
     def xml(self) -> str:
-        fields = {
-            "ID": str(self.id),
-            "UID": "0",
-            "GID": "0",
-            "UNAME": self.owner,
-            "GNAME": "oneadmin",
-            "NAME": self.name,
-        }
-        return f"<VNET>{_elements(fields)}<TEMPLATE></TEMPLATE></VNET>"  # fmt: skip
+        return _pool_object("VNET", self.id, self.name, self.owner, {})
+
+
+def _pool_object(tag: str, oid: int, name: str, owner: str, extra: dict[str, str]) -> str:
+    """An owned pool element (IMAGE, VNET) with its ownership fields, as oned serves it."""
+    fields = {
+        "ID": str(oid),
+        "UID": "0",
+        "GID": "0",
+        "UNAME": owner,
+        "GNAME": "oneadmin",
+        "NAME": name,
+        **extra,
+    }
+    return f"<{tag}>{_elements(fields)}<TEMPLATE></TEMPLATE></{tag}>"
 
 
 DEFAULT_IMAGES = (

@@ -18,6 +18,7 @@ vm_ids) and receives every change. Control routes under ``/_emulator/`` (`reques
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import secrets
@@ -647,14 +648,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, text: str) -> None:
         payload = text.encode()
-        try:
+        # A client that gave up (its own timeout) has nobody left to answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.send_response(status)
             self.send_header("Content-Type", "application/json;charset=utf-8")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (its timeout): nothing to answer
 
 
 def main(argv: list[str] | None = None) -> int:
