@@ -20,6 +20,8 @@ GPU_CLASSES = ("0x0300", "0x0302")
 NVSWITCH_CLASS = "0x0680"
 BAR_COUNT = 6  # standard BARs 0..5; the `resource` file lists them first
 
+# BAR failures: before 6.8 "BAR 1: no space for [mem size ...]" / "BAR 1: failed to assign";
+# from 6.8 "BAR 1 [mem size 0x4000000000 64bit pref]: can't assign; no space".
 # Kernel log files read for driver-init errors, under the root. /dev/kmsg needs privileges and
 # is a stream; rsyslog's kern.log and the boot-time dmesg capture are plain files.
 KERNEL_LOGS = ("/var/log/kern.log", "/var/log/dmesg")
@@ -27,7 +29,8 @@ KERNEL_LOG_TAIL = 2 * 1024 * 1024  # bytes read from the end of each file
 KERNEL_LOG_MAX_LINES = 20
 _KERNEL_ERRORS = re.compile(
     r"RmInitAdapter failed|rm_init_adapter failed|NVRM: .*probe routine failed|"
-    r"fallen off the bus|BAR \d+: (?:no space|failed to assign)|Key was rejected by service|"
+    r"fallen off the bus|BAR \d+(?: \[[^\]]*\])?: (?:no space|failed to assign|can't assign)|"
+    r"Key was rejected by service|"
     r"NVRM: Xid|NVRM: .*PCI I/O region .* is invalid",
 )
 

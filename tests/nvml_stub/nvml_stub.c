@@ -15,10 +15,26 @@
  *                                  "memory_total": 10737418240}],
  *                 "fabric": {"state": 2, "status": 0, "completed_after": 2},
  *                              absent: not supported; completed_after: calls until state 3
+ *                 "brand": 14,          nvmlBrandType_t (14 NVIDIA, 2 Tesla, 5 GeForce)
  *                 "handle_error": 0,    return code of nvmlDeviceGetHandleByIndex_v2
  *                 "error": 0}]}         return code of every other query on this GPU
- * Structures follow nvml.h as pynvml declares them (nvmlPciInfo_t, nvmlMemory_t,
- * nvmlGpuFabricInfo_v2_t).
+ * Structures follow nvml.h (nvmlPciInfo_t, nvmlMemory_t, nvmlGpuFabricInfo_t and
+ * nvmlGpuFabricInfo_v2_t as in NVIDIA/go-nvml's copies of nvml.h for CUDA 12.2/12.4/12.8).
+ *
+ * Driver branches (compile with -DNVML_BRANCH=535, 550 or 570; default 550), strict where the
+ * real library is:
+ *   R535 (nvml.h of CUDA 12.2): no nvmlDeviceGetGpuFabricInfoV symbol, only
+ *        nvmlDeviceGetGpuFabricInfo (R525+); no NVML_ERROR_GPU_NOT_FOUND.
+ *   R550 (12.4), R570 (12.8): nvmlDeviceGetGpuFabricInfoV takes nvmlGpuFabricInfo_v2_t and
+ *        refuses any other `version` (a v1 struct has none: its first bytes are the cluster
+ *        UUID) with NVML_ERROR_ARGUMENT_VERSION_MISMATCH.
+ * The fabric state is an `unsigned char` (nvmlGpuFabricState_t); the bytes after it are
+ * struct padding, which the C ABI leaves unspecified: the stand-in fills them, so a reader
+ * that takes the state as a 4-byte int (every nvidia-ml-py declares it c_uint) sees garbage.
+ * nvmlInit fails when the driver has no GPU unless NVML_INIT_FLAG_NO_GPUS is passed (nvml.h:
+ * "Don't fail nvmlInit() when no GPUs are found"): NVML_ERROR_GPU_NOT_FOUND (28) from R550; the
+ * R535 header has no such code, the stand-in answers NVML_ERROR_UNKNOWN there (not verified
+ * against a real R535 library).
  */
 #include <ctype.h>
 #include <stdint.h>
@@ -29,8 +45,14 @@
 typedef int nvmlReturn_t;
 enum {
     OK = 0, UNINITIALIZED = 1, INVALID_ARGUMENT = 2, NOT_SUPPORTED = 3, NOT_FOUND = 6,
-    INSUFFICIENT_SIZE = 7, UNKNOWN = 999
+    INSUFFICIENT_SIZE = 7, ARGUMENT_VERSION_MISMATCH = 25, GPU_NOT_FOUND = 28, UNKNOWN = 999
 };
+
+#ifndef NVML_BRANCH
+#define NVML_BRANCH 550
+#endif
+#define NVML_INIT_FLAG_NO_GPUS 1
+#define NVML_STRUCT_VERSION(type, ver) (unsigned int)(sizeof(type) | ((ver) << 24U))
 
 /* ---- a small JSON reader: enough for the scenario files ---- */
 
@@ -189,10 +211,11 @@ static int dev_error(device *d) {
 /* ---- the NVML entry points pynvml calls ---- */
 
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
-    (void)flags;
     if (!scenario && load() != OK) return UNKNOWN;
     int rc = (int)num(scenario, "init", OK);
     if (rc != OK) return rc;
+    if (device_count() == 0 && !(flags & NVML_INIT_FLAG_NO_GPUS))
+        return NVML_BRANCH >= 550 ? GPU_NOT_FOUND : UNKNOWN;
     for (int i = 0; i < device_count() && i < 64; i++) {
         gpus[i].spec = item(get(scenario, "devices"), i);
         gpus[i].parent = NULL;
@@ -217,6 +240,10 @@ const char *nvmlErrorString(nvmlReturn_t result) {
     case 4: return "Insufficient Permissions";
     case 6: return "Not Found";
     case 9: return "Driver Not Loaded";
+    case 11: return "Interrupt request issue";
+    case 13: return "Function Not Found";
+    case 25: return "Argument version mismatch";
+    case 28: return "No GPUs were found";
     case 15: return "GPU is lost";
     case 18: return "RM has detected an NVML/RM version mismatch.";
     default: return "Unknown Error";
@@ -311,6 +338,12 @@ nvmlReturn_t nvmlDeviceGetCudaComputeCapability(device *d, int *major, int *mino
     return OK;
 }
 
+nvmlReturn_t nvmlDeviceGetBrand(device *d, int *brand) {
+    CHECK(d);
+    *brand = (int)num(d->parent ? d->parent->spec : d->spec, "brand", 14); /* 14: NVIDIA */
+    return OK;
+}
+
 nvmlReturn_t nvmlDeviceGetMigMode(device *d, unsigned int *current, unsigned int *pending) {
     CHECK(d);
     json *mig = get(d->spec, "mig");
@@ -364,26 +397,64 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(device *d, unsigned int *id) {
     return OK;
 }
 
+/* nvml.h: typedef unsigned char nvmlGpuFabricState_t; R535 names cliqueId partitionId. */
+typedef struct {
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    uint32_t cliqueId;
+    unsigned char state;
+} nvmlGpuFabricInfo_t;
+
 typedef struct {
     unsigned int version;
     unsigned char clusterUuid[16];
     nvmlReturn_t status;
     uint32_t cliqueId;
-    unsigned int state;
+    unsigned char state;
     uint32_t healthMask;
 } nvmlGpuFabricInfo_v2_t;
 
-nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(device *d, nvmlGpuFabricInfo_v2_t *info) {
+#define PADDING 0xA5 /* unspecified bytes: whatever the library's copy leaves there */
+
+/* A GPU's fabric state and status at this call (registration completes after
+ * `completed_after` calls). */
+static int fabric_now(device *d, unsigned char *state, nvmlReturn_t *status) {
     CHECK(d);
     json *fabric = get(d->spec, "fabric");
     if (!fabric) return NOT_SUPPORTED;
     static int calls[64];
     int g = (int)(d - gpus);
-    long long after = num(fabric, "completed_after", -1); /* calls until registration completes */
+    long long after = num(fabric, "completed_after", -1);
     calls[g]++;
-    info->state = after >= 0 && calls[g] > after ? 3 : (unsigned int)num(fabric, "state", 0);
-    info->status = (nvmlReturn_t)num(fabric, "status", OK);
-    info->cliqueId = 0;
-    info->healthMask = 0;
+    *state = after >= 0 && calls[g] > after ? 3 : (unsigned char)num(fabric, "state", 0);
+    *status = (nvmlReturn_t)num(fabric, "status", OK);
     return OK;
 }
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfo(device *d, nvmlGpuFabricInfo_t *info) {
+    nvmlGpuFabricInfo_t out;
+    memset(&out, PADDING, sizeof(out));
+    int rc = fabric_now(d, &out.state, &out.status);
+    if (rc != OK) return rc;
+    memset(out.clusterUuid, 0, sizeof(out.clusterUuid));
+    out.cliqueId = 0;
+    memcpy(info, &out, sizeof(out));
+    return OK;
+}
+
+#if NVML_BRANCH >= 550
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(device *d, nvmlGpuFabricInfo_v2_t *info) {
+    if (info->version != NVML_STRUCT_VERSION(nvmlGpuFabricInfo_v2_t, 2))
+        return ARGUMENT_VERSION_MISMATCH;
+    nvmlGpuFabricInfo_v2_t out;
+    memset(&out, PADDING, sizeof(out));
+    int rc = fabric_now(d, &out.state, &out.status);
+    if (rc != OK) return rc;
+    out.version = info->version;
+    memset(out.clusterUuid, 0, sizeof(out.clusterUuid));
+    out.cliqueId = 0;
+    out.healthMask = 0;
+    memcpy(info, &out, sizeof(out));
+    return OK;
+}
+#endif
