@@ -74,7 +74,10 @@ def unit_root(tmp_path_factory) -> Path:
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     for unit in UNITS.iterdir():
-        shutil.copy2(unit, system / unit.name)
+        if unit.is_dir():  # drop-in directories
+            shutil.copytree(unit, system / unit.name)
+        else:
+            shutil.copy2(unit, system / unit.name)
     (system / "one-context.service").write_text(ONE_CONTEXT_UNIT)
     subprocess.run(
         [
@@ -278,3 +281,47 @@ def test_every_provisioning_script_runs_in_both_sources_in_order():
     present = [s.name for s in SCRIPTS if re.match(r"\d\d-", s.name)]
     assert listed == sorted(present)
     assert 'sources = ["source.qemu.ubuntu", "source.docker.appliance"]' in build
+
+
+# nvidia-mig-manager.service as NVIDIA/mig-parted ships it (deployments/systemd), ordering only.
+MIG_MANAGER_UNIT = """[Unit]
+Description=Configure MIG on NVIDIA GPUs
+DefaultDependencies=no
+After=nvidia-persistenced.service nvidia-fabricmanager.service
+Before=nvidia-gpu-reset.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_boot_unit_is_ordered_after_the_nvidia_boot_services():
+    dropin = unit_settings(UNITS / "fl-agent.service.d" / "10-nvidia-order.conf")
+    after = words(dropin, "After")
+    assert {"nvidia-mig-manager.service", "nvidia-fabricmanager.service"} <= after
+    assert not dropin.get("Wants") and not dropin.get("Requires")  # ordering only
+    script = (REPO / "packer/scripts/40-agent.sh").read_text()
+    assert "fl-agent.service.d" in script
+
+
+def test_units_verify_clean_with_the_mig_manager_installed(unit_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(unit_root, root, symlinks=True)
+    system = root / "etc/systemd/system"
+    (system / "nvidia-mig-manager.service").write_text(MIG_MANAGER_UNIT)
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "nvidia-mig-manager.service"],
+        check=True,
+        capture_output=True,
+    )
+    assert (system / "fl-agent.service.d/10-nvidia-order.conf").is_file()
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "multi-user.target", "fl-agent.service"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
