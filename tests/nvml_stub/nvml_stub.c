@@ -284,11 +284,20 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, device **handle) 
 
 nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, device **handle) {
     if (!initialized) return UNINITIALIZED;
-    for (int i = 0; i < device_count(); i++)
+    for (int i = 0; i < device_count() && i < 64; i++) {
         if (!strcmp(str(gpus[i].spec, "uuid", ""), uuid)) {
             *handle = &gpus[i];
             return OK;
         }
+        json *list = get(gpus[i].spec, "mig_devices"); /* MIG-<uuid> handles too */
+        for (int m = 0; list && m < list->n && m < 8; m++)
+            if (!strcmp(str(list->items[m], "uuid", ""), uuid)) {
+                migs[i][m].spec = list->items[m];
+                migs[i][m].parent = &gpus[i];
+                *handle = &migs[i][m];
+                return OK;
+            }
+    }
     return NOT_FOUND;
 }
 
