@@ -19,6 +19,7 @@ NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")
 NVSWITCH_CLASS = "0x0680"
 BAR_COUNT = 6  # standard BARs 0..5; the `resource` file lists them first
+_MEM_64 = 0x00100000  # IORESOURCE_MEM_64 in the flags column of `resource`
 
 # BAR failures: before 6.8 "BAR 1: no space for [mem size ...]" / "BAR 1: failed to assign";
 # from 6.8 "BAR 1 [mem size 0x4000000000 64bit pref]: can't assign; no space".
@@ -39,6 +40,8 @@ _KERNEL_ERRORS = re.compile(
 class Bar:
     index: int
     size: int  # bytes; 0 when the BAR is unassigned
+    start: int = 0  # bus address; 0 for a sized BAR the kernel could not place
+    is_64bit: bool = False  # a 64-bit memory BAR (it can live above 4 GiB)
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,11 @@ def _bars(resource: Path) -> tuple[Bar, ...]:
     bars = []
     for index, line in enumerate(text.splitlines()[:BAR_COUNT]):
         try:
-            start, end, _flags = (int(v, 16) for v in line.split())
+            start, end, flags = (int(v, 16) for v in line.split())
         except ValueError:
             continue
-        bars.append(Bar(index, end - start + 1 if end > start else 0))
+        size = end - start + 1 if end > start else 0
+        bars.append(Bar(index, size, start, bool(flags & _MEM_64)))
     return tuple(bars)
 
 
