@@ -15,13 +15,17 @@ the driver try CDI injection first, daemon/devices_nvidia_linux.go). The driver 
 an OCI prestart hook; the hook resolves the mode with "legacy" as its default and refuses every
 other mode ("invoking the NVIDIA Container Runtime Hook directly ... is not supported").
 So "configured for --gpus" means the hook was on dockerd's PATH when dockerd started;
-`runtimes.nvidia` in daemon.json is needed only for `--runtime=nvidia`.
+`runtimes.nvidia` in daemon.json is needed only for `--runtime=nvidia`. The two timestamps that
+decide it (the running dockerd's start, the hook file's change time) are read at the end.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+
+from agent.paths import Root
 
 LEGACY, CDI, JIT_CDI, CSV, AUTO = "legacy", "cdi", "jit-cdi", "csv", "auto"
 MODES = (AUTO, LEGACY, CDI, JIT_CDI, CSV)
@@ -137,3 +141,33 @@ def started_before(engine_started_at: float | None, installed_at: float | None) 
     if engine_started_at is None or installed_at is None:
         return True
     return installed_at <= engine_started_at
+
+
+def process_started_at(root: Root, pid: int) -> float | None:
+    """A process's start as epoch seconds: /proc/<pid>/stat field 22 (clock ticks after boot)
+    plus /proc/stat's btime."""
+    try:
+        stat = root.proc.joinpath(str(pid), "stat").read_text()
+        boot = next(
+            int(line.split()[1])
+            for line in root.proc.joinpath("stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after "(comm)", which may hold spaces
+    try:
+        ticks = int(fields[19])  # field 22 overall; fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def installed_at(root: Root, path: str | None) -> float | None:
+    """When a file under the root was put in place (its change time), or None."""
+    if not path:
+        return None
+    try:
+        return root.path(path).stat().st_ctime
+    except OSError:
+        return None

@@ -7,9 +7,20 @@ internal/runtime/runtime_factory.go, cmd/nvidia-container-runtime-hook) and moby
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from agent.toolkit_modes import gpus_path, resolve_mode, series, started_before
+from agent.paths import Root
+from agent.toolkit_modes import (
+    gpus_path,
+    installed_at,
+    process_started_at,
+    resolve_mode,
+    series,
+    started_before,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +88,27 @@ def test_started_before_and_series():
     assert not started_before(engine_started_at=100.0, installed_at=200.0)
     assert started_before(None, 5.0)
     assert series("1.18.0-1") == (1, 18) and series("garbage") is None
+
+
+def test_timestamps_of_this_machine(tmp_path):
+    started = process_started_at(Root(), os.getpid())
+    assert started is not None and started <= time.time() + 1
+    assert abs(started - time.time()) < 3600  # this test process started moments ago
+    hook = tmp_path / "usr/bin/nvidia-container-runtime-hook"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\n")
+    assert installed_at(Root(tmp_path), "/usr/bin/nvidia-container-runtime-hook") >= started
+    assert not started_before(
+        started, installed_at(Root(tmp_path), "/usr/bin/nvidia-container-runtime-hook")
+    )
+    assert (
+        process_started_at(Root(tmp_path), 1) is None and installed_at(Root(tmp_path), None) is None
+    )
+
+
+def test_start_time_parses_a_comm_with_spaces(tmp_path):
+    (tmp_path / "proc/42").mkdir(parents=True)
+    fields = ["S"] + ["0"] * 18 + ["12345"] + ["0"] * 30
+    (tmp_path / "proc/42/stat").write_text("42 (docker d) " + " ".join(fields) + "\n")
+    (tmp_path / "proc/stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
+    assert process_started_at(Root(tmp_path), 42) == 1700000000 + 12345 / os.sysconf("SC_CLK_TCK")
