@@ -13,13 +13,19 @@ import pytest
 
 from tests.fixtures_gpu import (  # noqa: F401 - fixtures
     BRANCH_BINDINGS,
+    REPO,
     collect,
+    gpu_vm,
     h100,
+    load_driver,
     nvml_bindings,
     nvml_env,
     nvml_stubs,
     run_python,
+    validate_in_child,
 )
+
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 BRANCHES = tuple(BRANCH_BINDINGS)
 FABRIC = {"state": 2, "status": 0}
@@ -107,3 +113,28 @@ def test_irq_issue_has_cause_and_fix(tmp_path, nvml_stubs):  # noqa: F811
 
 def test_brand_is_read(tmp_path, nvml_stubs):  # noqa: F811
     assert facts(tmp_path, nvml_stubs[550], h100())["gpus"][0]["brand"] == 14
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_fabric_stage_on_shared_nvswitch_vm_of_every_branch(
+    tmp_path,
+    nvml_stubs,  # noqa: F811
+    nvml_bindings,  # noqa: F811
+    branch,
+):
+    """Shared NVSwitch mode: the VM sees GPUs but no NVSwitch; a fabric that has not started
+    must fail the stage on R535 too (it used to read as "not needed" there)."""
+    root = load_driver(gpu_vm(tmp_path / "root", "nvidia"))
+    env = {**NO_ENGINE, "PYTHONPATH": f"{nvml_bindings[branch]}:{REPO}"}
+    report = validate_in_child(
+        root,
+        {"FL_GPU_ENABLED": "AUTO"},
+        nvml_stubs[branch],
+        h100(fabric={"state": 1, "status": 0}),
+        tmp_path,
+        env=env,
+        names=["pci", "driver", "nvml", "fabric"],
+        fabric_wait_s=0,
+    )
+    fabric = {s["name"]: s for s in report["stages"]}["fabric"]
+    assert fabric["status"] == "fail" and "not_started" in fabric["detail"]
