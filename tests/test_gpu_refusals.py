@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.gpu.refusals import REFUSALS, classify_refusal
+from agent.gpu.refusals import (
+    REFUSALS,
+    REGENERATE_CDI_SPEC,
+    RESTART_ENGINE,
+    classify_refusal,
+    next_step,
+)
 
 CASES = json.loads((Path(__file__).parent / "data" / "gpu_refusals.json").read_text())["cases"]
 BUSYBOX = "fl-agent/busybox:latest"
@@ -83,3 +89,19 @@ def test_runc_texts_on_this_machine(tmp_path, docker_client):
     refusal = classify_refusal(bare)
     assert (refusal.problem.name, refusal.repair) == ("gpu_runtime_unavailable", "restart_engine")
     assert os.path.exists("/sys/class/net/docker0")  # the machine's bridge is untouched
+
+
+def test_next_step_repairs_once_and_restarts_the_engine_only_at_boot():
+    no_driver = classify_refusal('could not select device driver "" with capabilities: [[gpu]]')
+    stale = classify_refusal(
+        "CDI device injection failed: unresolvable CDI devices nvidia.com/gpu=0"
+    )
+    hook = classify_refusal("error running prestart hook #0: exit status 1, stdout: , stderr: x")
+    none: frozenset[str] = frozenset()
+    assert next_step(no_driver, at_boot=True, repairs_done=none) == "repair"
+    assert next_step(no_driver, at_boot=False, repairs_done=none) == "cpu"
+    assert next_step(no_driver, at_boot=True, repairs_done=frozenset({RESTART_ENGINE})) == "cpu"
+    assert next_step(stale, at_boot=False, repairs_done=none) == "repair"
+    assert next_step(stale, at_boot=True, repairs_done=frozenset({REGENERATE_CDI_SPEC})) == "cpu"
+    assert next_step(hook, at_boot=True, repairs_done=none) == "cpu"
+    assert next_step(None, at_boot=True, repairs_done=none) == "raise"

@@ -163,3 +163,20 @@ def classify_refusal(text: str, subject: str = "container") -> Refusal | None:
 def _short(text: str, limit: int = 400) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def next_step(refusal: Refusal | None, *, at_boot: bool, repairs_done: frozenset[str]) -> str:
+    """What the engine code does after a refused GPU start: "repair" (then start once more),
+    "cpu" (fall back) or "raise" (not a GPU refusal).
+
+    A repair runs once per boot: restarting dockerd only at boot (a periodic run must not stop
+    the running containers of a healthy node), regenerating the CDI spec whenever needed.
+    """
+    if refusal is None:
+        return "raise"
+    repair = refusal.repair
+    if repair is None or repair in repairs_done:
+        return "cpu"
+    if repair == RESTART_ENGINE and not at_boot:
+        return "cpu"
+    return "repair"
