@@ -152,6 +152,42 @@ def test_revalidate_runs_the_idempotent_boot_after_the_boot_unit():
     assert timer["WantedBy"] == ["timers.target"]
 
 
+def test_watch_unit_verifies_clean_enabled(unit_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(unit_root, root, symlinks=True)
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "fl-agent-watch.service"],
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            "multi-user.target",
+            "fl-agent-watch.service",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+    assert (root / "etc/systemd/system/multi-user.target.wants/fl-agent-watch.service").is_symlink()
+
+
+def test_watch_unit_is_long_running_and_always_restarted_after_the_boot_unit():
+    """The `watch` subcommand lands with the watch loop: here the unit's own contract."""
+    unit = unit_settings(UNITS / "fl-agent-watch.service")
+    assert unit["Type"] == ["simple"] and unit["Restart"] == ["always"]
+    assert unit["RestartSec"] and unit["RestartSec"][0] not in ("0", "0s")
+    assert unit["StartLimitIntervalSec"] == ["0"]  # never stops restarting it
+    assert {"fl-agent.service", "docker.service"} <= words(unit, "After")
+    assert not unit.get("Requires") and not unit.get("BindsTo")  # an engine restart is no stop
+    assert unit["ExecStart"] == ["/opt/fl-agent/venv/bin/fl-agent watch"]
+    assert unit["TimeoutStopSec"] and unit["WantedBy"] == ["multi-user.target"]
+    assert "RemainAfterExit" not in unit
+
+
 # --- the one-context hook ---
 
 
