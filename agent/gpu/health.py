@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import Problem
-from agent.gpu.nvml import problem_for
+from agent.gpu.nvml import optional_call, problem_for
 
 # nvmlEventType bits
 EVENT_SINGLE_BIT_ECC = 0x1
@@ -42,7 +42,7 @@ SLOWDOWNS = {
 UNCORRECTED = 1
 VOLATILE, AGGREGATE = 0, 1
 # nvmlReturn_t
-NOT_SUPPORTED, NOT_FOUND, TIMEOUT, FUNCTION_NOT_FOUND, GPU_IS_LOST = 3, 6, 10, 13, 15
+TIMEOUT, GPU_IS_LOST = 10, 15
 
 OK, WARNING, FAILED = "OK", "WARNING", "FAILED"
 _RANK = {OK: 0, WARNING: 1, FAILED: 2}
@@ -188,7 +188,7 @@ def _gpu_health(nv: Any, index: int) -> GpuHealth:
     try:
         handle = nv.nvmlDeviceGetHandleByIndex(index)
         uuid = nv.nvmlDeviceGetUUID(handle)
-        rows = _optional(nv, nv.nvmlDeviceGetRemappedRows, handle)
+        rows = optional_call(nv, nv.nvmlDeviceGetRemappedRows, handle)
         return GpuHealth(
             index=index,
             uuid=uuid,
@@ -196,7 +196,7 @@ def _gpu_health(nv: Any, index: int) -> GpuHealth:
             ecc_uncorrected_aggregate=_ecc(nv, handle, AGGREGATE),
             remap_pending=None if rows is None else bool(rows[2]),
             remap_failure=None if rows is None else bool(rows[3]),
-            clock_reasons=_optional(nv, _clock_reasons(nv), handle),
+            clock_reasons=optional_call(nv, _clock_reasons(nv), handle),
         )
     except nv.NVMLError as exc:
         if exc.value == GPU_IS_LOST:
@@ -205,22 +205,13 @@ def _gpu_health(nv: Any, index: int) -> GpuHealth:
 
 
 def _ecc(nv: Any, handle: Any, counter: int) -> int | None:
-    return _optional(nv, nv.nvmlDeviceGetTotalEccErrors, handle, UNCORRECTED, counter)
+    return optional_call(nv, nv.nvmlDeviceGetTotalEccErrors, handle, UNCORRECTED, counter)
 
 
 def _clock_reasons(nv: Any) -> Callable[[Any], int]:
     """The R535+ name, else the older one (same call in nvml.h, renamed)."""
     newer = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
     return newer or nv.nvmlDeviceGetCurrentClocksThrottleReasons
-
-
-def _optional(nv: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except nv.NVMLError as exc:
-        if exc.value in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
-            return None
-        raise
 
 
 class NvmlEvents:

@@ -194,7 +194,7 @@ def read_nvml() -> NvmlFacts:
     driver = cuda = None
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = _optional(pynvml, pynvml.nvmlSystemGetCudaDriverVersion)
+        cuda = optional_call(pynvml, pynvml.nvmlSystemGetCudaDriverVersion)
         count = pynvml.nvmlDeviceGetCount()
         gpus = tuple(_gpu(pynvml, i) for i in range(count))
         return NvmlFacts(True, None, None, driver, cuda, gpus)
@@ -221,9 +221,9 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
     try:
         handle = nv.nvmlDeviceGetHandleByIndex(index)
         uuid = nv.nvmlDeviceGetUUID(handle)
-        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, handle)
-        cc = _optional(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
-        mig = _optional(nv, nv.nvmlDeviceGetMigMode, handle)
+        memory = optional_call(nv, nv.nvmlDeviceGetMemoryInfo, handle)
+        cc = optional_call(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
+        mig = optional_call(nv, nv.nvmlDeviceGetMigMode, handle)
         enabled = mig is not None and mig[0] == MIG_ENABLED
         return NvmlGpu(
             index=index,
@@ -236,7 +236,7 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
             mig_pending=None if mig is None else mig[1] == MIG_ENABLED,
             mig_devices=_mig_devices(nv, handle) if enabled else (),
             fabric=_fabric(nv, handle),
-            brand=_optional(nv, nv.nvmlDeviceGetBrand, handle),
+            brand=optional_call(nv, nv.nvmlDeviceGetBrand, handle),
         )
     except nv.NVMLError as exc:
         return NvmlGpu(index, uuid, problem=problem_for(exc.value, str(exc), f"GPU {index}"))
@@ -252,12 +252,12 @@ def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
             if exc.value in (NOT_FOUND, INVALID_ARGUMENT):
                 continue
             raise
-        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, mig)
+        memory = optional_call(nv, nv.nvmlDeviceGetMemoryInfo, mig)
         found.append(
             MigDevice(
                 uuid=nv.nvmlDeviceGetUUID(mig),
-                gpu_instance_id=_optional(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
-                compute_instance_id=_optional(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
+                gpu_instance_id=optional_call(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
+                compute_instance_id=optional_call(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
                 memory_total=memory.total if memory else None,
             )
         )
@@ -335,7 +335,7 @@ def _call(nv: Any, name: str, handle: Any, info: ctypes.Structure) -> None:
     nv._nvmlCheckReturn(function(handle, ctypes.byref(info)))
 
 
-def _optional(nv: Any, fn: Any, *args: Any) -> Any:
+def optional_call(nv: Any, fn: Any, *args: Any) -> Any:
     """Call an NVML query that some GPUs or drivers do not support; None then."""
     try:
         return fn(*args)
