@@ -25,6 +25,7 @@ from agent.gpu.health import (
 from tests.fixtures_gpu import (  # noqa: F401 - fixtures
     BRANCH_BINDINGS,
     H100_UUID,
+    REPO,
     h100,
     nvml_bindings,
     nvml_env,
@@ -232,11 +233,13 @@ print(json.dumps({"events": got, "lost": lost, "after": asdict(read_health())}))
 """
 
 
-def watch(tmp_path, stub, scenario: dict, lines: list[dict], wanted: int) -> tuple[dict, dict]:
+def watch(
+    tmp_path, stub, scenario: dict, lines: list[dict], wanted: int, bindings=None
+) -> tuple[dict, dict]:
     """Run NvmlEvents in a child; append `lines` to the trigger file once it has registered."""
     trigger = tmp_path / "events.jsonl"
     trigger.write_text("")
-    env = {**nvml_env(stub, scenario, tmp_path), "NVML_STUB_EVENTS": str(trigger)}
+    env = {**nvml_env(stub, scenario, tmp_path, bindings), "NVML_STUB_EVENTS": str(trigger)}
     child = subprocess.Popen(
         [sys.executable, "-c", _WATCH, str(wanted)], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -249,7 +252,15 @@ def watch(tmp_path, stub, scenario: dict, lines: list[dict], wanted: int) -> tup
     return registered, json.loads(out)
 
 
-def test_xid_events_reach_the_watch_then_the_gpu_is_lost(tmp_path, nvml_stubs):  # noqa: F811
+@pytest.mark.parametrize("branch", tuple(BRANCH_BINDINGS))
+@pytest.mark.parametrize("own_bindings", [True, False], ids=["branch-bindings", "venv-bindings"])
+def test_xid_events_reach_the_watch_then_the_gpu_is_lost(
+    tmp_path,
+    nvml_stubs,  # noqa: F811
+    nvml_bindings,  # noqa: F811
+    branch,
+    own_bindings,
+):
     lines = [
         {"gpu": 0, "type": 8, "data": 13},
         {"gpu": 0, "type": 2, "data": 0},
@@ -257,7 +268,8 @@ def test_xid_events_reach_the_watch_then_the_gpu_is_lost(tmp_path, nvml_stubs): 
         {"gpu": 0, "type": 8, "data": 79},
         {"gpu": 0, "lost": 1},
     ]
-    registered, out = watch(tmp_path, nvml_stubs[550], counters(), lines, wanted=10)
+    bindings = nvml_bindings[branch] if own_bindings else None
+    registered, out = watch(tmp_path, nvml_stubs[branch], counters(), lines, 10, bindings)
     assert registered == {H100_UUID: 0x8 | 0x2 | 0x1}  # XID, DBE, SBE; no clock or P-state
     assert [(e["kind"], e["xid"], e["uuid"]) for e in out["events"]] == [
         ("xid", 13, H100_UUID),
@@ -298,3 +310,17 @@ def test_stand_in_is_strict_like_nvml(tmp_path, nvml_stubs):  # noqa: F811
     """nvml.h: an unsupported type registers none; waiting with no event times out."""
     out = run_python(_STRICT, [], nvml_env(nvml_stubs[570], h100(event_types=0x8), tmp_path))
     assert out == {"unsupported": 3, "nothing_registered": 10}
+
+
+def test_the_real_gpu_script_on_the_stand_in(tmp_path, nvml_stubs):  # noqa: F811
+    """bench/gpu_health.py, prepared for a machine with a GPU, runs its whole path here."""
+    trigger = tmp_path / "events.jsonl"
+    trigger.write_text(json.dumps({"gpu": 0, "type": 8, "data": 13}) + "\n")
+    env = {**nvml_env(nvml_stubs[570], counters(), tmp_path), "NVML_STUB_EVENTS": str(trigger)}
+    argv = [sys.executable, "bench/gpu_health.py", "--out", str(tmp_path / "out"), "--wait", "1"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out/gpu_health.json").read_text())
+    assert report["registered"] == {H100_UUID: 0xB} and report["events"] == []  # only new ones
+    assert report["summary"]["FL_GPU_HEALTH"] == "WARNING"  # thermal, pending remap, 1 ECC
+    assert report["facts"]["gpus"][0]["remap_pending"] and report["read_ms_median"] >= 0
