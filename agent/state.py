@@ -59,8 +59,18 @@ def read_state(root: Root) -> dict | None:
 def boot_lock(root: Root, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
     """Hold the boot lock; wait up to `wait_s` for another boot, then raise `boot_in_progress`."""
     path = root.run_dir / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise AgentError(
+            Problem(
+                "run_dir_unwritable",
+                str(path),
+                f"cannot create the boot lock: {exc.strerror or exc}",
+                "/run must be a writable tmpfs (check `findmnt /run`)",
+            )
+        ) from None
     try:
         deadline = time.monotonic() + wait_s
         while True:

@@ -11,7 +11,8 @@ import pytest
 
 from agent.config import Config
 from agent.context import Secret
-from agent.discovery import CA_PATH, check_ca_pem, discover, write_ca
+from agent.discovery import CA_PATH, discover, write_ca
+from agent.tls import check_ca as check_ca_pem
 from agent.emulator.onegate import OneGateEmulator
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
