@@ -137,19 +137,10 @@ def _pin_invalid(path: Path, why: str) -> Problem:
 
 def write_pin(root: Root, pin: Pin) -> Problem | None:
     """Write the pin (0600, atomic): an apply-time action, after a successful boot."""
-    path = pin_path(root)
+    from agent.state import write_private_json
+
     record = {"superlink_address": pin.superlink_address, "ca_pem": pin.ca_pem}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
-    except OSError as exc:
-        return Problem(
-            "state_write_failed",
-            str(path),
-            f"could not pin the SuperLink identity: {exc.strerror or exc}",
-            "free space or fix permissions under /var/lib/fl-agent",
-        )
-    return None
+    return write_private_json(pin_path(root), record, "the SuperLink pin")
 
 
 def pin_update(found: Discovery, pinned: Pin | None) -> Pin | None:

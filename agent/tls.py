@@ -75,21 +75,25 @@ def _not_a_usable_ca(certificate, now: datetime) -> str | None:
         extensions = certificate.extensions
     except ValueError as exc:
         return f"has unreadable extensions ({_first_line(exc)})"
-    try:
-        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
+    constraints = _extension(extensions, x509.BasicConstraints)
     if constraints is not None and not constraints.ca:
         return "is a leaf certificate (CA:FALSE), not a CA"
     if constraints is None and not _self_signed(certificate):
         return "is not a CA: no CA:TRUE basic constraint and not self-signed"
-    try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        usage = None
+    usage = _extension(extensions, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
         return "is not a CA: its key usage does not allow signing certificates"
     return None
+
+
+def _extension(extensions, kind):
+    """The value of the extension of class `kind`, None when the certificate has none."""
+    from cryptography import x509
+
+    try:
+        return extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _self_signed(certificate) -> bool:

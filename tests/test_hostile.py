@@ -137,6 +137,14 @@ def peer_writes(em, **attributes: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
+def my_context(em, tmp_path, **variables: str):
+    """This VM's context.sh, with OneGate on (endpoint, VMID, token)."""
+    ctx = tmp_path / "context.sh"
+    base = {"ONEGATE_ENDPOINT": em.endpoint, "VMID": str(ME), "ONEGATE_TOKEN": em.vms[ME].token}
+    ctx.write_text(render_context({**base, **variables}))
+    return ctx
+
+
 def found_by(em, tmp_path, pinned: Pin | None = None, **changes):
     config = Config(
         onegate_endpoint=em.endpoint, vmid=str(ME), token=Secret(em.vms[ME].token),
@@ -227,17 +235,7 @@ def test_pin_file_that_is_not_a_pin_is_a_named_problem(tmp_path):
 
 def test_trust_command_shows_the_change_and_accept_pins_it(emulator, tmp_path):
     emulator.set_attributes(SUPERLINK, FL_ENDPOINT="10.0.0.41:9092", FL_CA_CERT=b64(CA1))
-    ctx = tmp_path / "context.sh"
-    ctx.write_text(
-        render_context(
-            {
-                "ONEGATE_ENDPOINT": emulator.endpoint,
-                "VMID": str(ME),
-                "ONEGATE_TOKEN": emulator.vms[ME].token,
-                "FL_NODE_CONFIG": "partition-id=0",
-            }
-        )
-    )
+    ctx = my_context(emulator, tmp_path, FL_NODE_CONFIG="partition-id=0")
     root = tmp_path / "root"
     trust = ("trust", "--context-file", str(ctx), "--json")
     first = run_agent(*trust, "--accept", root=root)
@@ -584,17 +582,7 @@ def test_escape_controls():
 
 
 def test_control_characters_from_context_and_peers_are_escaped_in_human_output(emulator, tmp_path):
-    ctx = tmp_path / "context.sh"
-    ctx.write_text(
-        render_context(
-            {
-                "ONEGATE_ENDPOINT": emulator.endpoint,
-                "VMID": str(ME),
-                "ONEGATE_TOKEN": emulator.vms[ME].token,
-                "X_NOTE": "\x1b]0;pwned\x07\x9b2J",
-            }
-        )
-    )
+    ctx = my_context(emulator, tmp_path, X_NOTE="\x1b]0;pwned\x07\x9b2J")
     peer = requests.put(
         f"{emulator.endpoint}/vms/{ME}",
         data="FL_ERROR_BASE64=" + b64("\x1b[2Jall good\x1b[0m"),  # raw ESC: the server's 500
