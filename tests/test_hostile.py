@@ -14,6 +14,7 @@ import json
 import os
 import random
 import resource
+import socket
 import stat
 import subprocess
 import sys
@@ -440,8 +441,9 @@ def test_read_only_run_is_a_failed_boot_not_a_traceback(tmp_path):
 
 
 @pytest.mark.docker
-def test_read_only_data_dir_is_a_failed_boot_not_a_traceback(
-    docker_client, standin_images, no_supernode, tmp_path
+@pytest.mark.parametrize("kind", ["read-only", "socket"])
+def test_unusable_data_dir_is_a_failed_boot_not_a_traceback(
+    docker_client, standin_images, no_supernode, tmp_path, kind
 ):
     ctx = tmp_path / "context.sh"
     ctx.write_text(
@@ -457,8 +459,14 @@ def test_read_only_data_dir_is_a_failed_boot_not_a_traceback(
         )
     )
     root = tmp_path / "root"
-    with read_only(root / "srv"):
-        result = run_agent("boot", "--context-file", str(ctx), "--json", root=root, timeout=180)
+    if kind == "socket":
+        (root / "srv/flower").mkdir(parents=True)
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(str(root / "srv/flower/data"))
+            result = run_agent("boot", "--context-file", str(ctx), "--json", root=root, timeout=180)
+    else:
+        with read_only(root / "srv"):
+            result = run_agent("boot", "--context-file", str(ctx), "--json", root=root, timeout=180)
     assert "Traceback" not in result.stderr, result.stderr
     record = json.loads(result.stdout)
     assert result.returncode == 1 and record["problems"][0]["name"] == "data_dir_unusable"
@@ -574,6 +582,17 @@ def test_container_user_is_a_numeric_non_zero_uid_else_49999(user, kept):
         config, PlanInputs(GpuVerdict("CPU_ONLY"), "h:1", "a=1", "/d", image_user=user)
     )
     assert plan.spec.user == (None if kept else "49999:49999")
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661:\u0662", "1:\uff12"])
+def test_operator_ranges_are_ascii_digits(text):
+    from agent.one.connection import OneInputError
+    from agent.one.service import parse_range
+    from agent.one.vmtemplate import _is_id
+
+    with pytest.raises(OneInputError):
+        parse_range(text)
+    assert not _is_id(text)  # int('\u00b2') raises although '\u00b2'.isdigit()
 
 
 def test_escape_controls():
