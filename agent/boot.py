@@ -319,8 +319,18 @@ def _converge_with_retry(run: _Run, client, plan: Plan):
 def _prepare_mounts(root: Root, config: Config) -> None:
     """The data directory must exist for the bind mount; readable by the image's user."""
     data = root.path(config.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    data.chmod(data.stat().st_mode | 0o055)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(data.stat().st_mode | 0o055)
+    except OSError as exc:
+        raise AgentError(
+            Problem(
+                "data_dir_unusable",
+                config.data_dir,
+                f"cannot prepare the data directory: {exc.strerror or exc}",
+                "FL_DATA_DIR must be a directory on a writable file system",
+            )
+        ) from None
 
 
 def _gpu_start_problem(message: str) -> Problem:

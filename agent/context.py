@@ -21,6 +21,7 @@ from agent.errors import AgentError, Problem
 from agent.paths import Root
 
 MAX_CONTEXT_BYTES = 4 * 1024 * 1024
+MAX_TOKEN_BYTES = 4096
 ONE_CONTEXT_STAGE_FILES = ("context.sh.network", "context.sh.local")
 CONTEXT_LABEL = "CONTEXT"
 
@@ -232,8 +233,10 @@ def load_context(
 
 
 def _read_bytes(path: Path, label: str) -> bytes:
+    """At most one byte past the limit (a device such as /dev/zero never ends)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(MAX_CONTEXT_BYTES + 1)
     except OSError as exc:
         raise AgentError(
             Problem(
@@ -256,7 +259,8 @@ def _find_token(
 ) -> tuple[Secret | None, str | None]:
     """token.txt beside the context, then TOKENTXT from one_env, then ONEGATE_TOKEN."""
     try:
-        text = token_file.read_text(errors="replace").strip()
+        with token_file.open("rb") as handle:
+            text = handle.read(MAX_TOKEN_BYTES).decode(errors="replace").strip()
         if text:
             return Secret(text), str(token_file)
     except OSError:
@@ -264,7 +268,7 @@ def _find_token(
     one_env = root.one_context_dir / "one_env"
     try:
         with one_env.open(errors="replace") as handle:
-            first = handle.readline().rstrip("\n")
+            first = handle.readline(MAX_TOKEN_BYTES).rstrip("\n")
         match = _ONE_ENV_TOKEN.match(first)
         if match and match.group(1).strip():
             return Secret(match.group(1).strip()), str(one_env)

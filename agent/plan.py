@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 from agent import __version__, flower
@@ -180,7 +181,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     else:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    user = None if _non_root(inputs.image_user) else CONTAINER_USER
+    user = None if numeric_non_root(inputs.image_user) else CONTAINER_USER
     tmpfs: tuple[tuple[str, str], ...] = ()
     if user:
         env["HOME"] = FALLBACK_HOME
@@ -200,5 +201,11 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     )
 
 
-def _non_root(user: str | None) -> bool:
-    return bool(user) and user.split(":")[0] not in ("0", "root")
+def numeric_non_root(user: str | None) -> bool:
+    """The image's user is a numeric, non-zero uid (and gid, when given): kept as it is.
+
+    Anything else runs as 49999: a name may map to uid 0 in the image's /etc/passwd, and the
+    runtime reads `0000`, `+0` or `root:root` as root too.
+    """
+    match = re.fullmatch(r"([0-9]{1,10})(?::([0-9]{1,10}))?", user or "")
+    return match is not None and all(int(n) != 0 for n in match.groups() if n is not None)

@@ -33,15 +33,20 @@ def write_state(root: Root, record: dict) -> Problem | None:
 
     The previous state file stays intact on failure: the write is atomic.
     """
-    path = state_path(root)
+    return write_private_json(state_path(root), record, "the state file")
+
+
+def write_private_json(path: Path, data: dict, what: str) -> Problem | None:
+    """`data` as JSON at `path` (0600, its directory 0700 when created, atomic); a failure
+    (full disk, read-only fs) is returned as `state_write_failed`, not raised."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
     except OSError as exc:
         return Problem(
             "state_write_failed",
             str(path),
-            f"could not write the state file: {exc.strerror or exc}",
+            f"could not write {what}: {exc.strerror or exc}",
             "free space or fix permissions under /var/lib/fl-agent; the node itself is unaffected",
         )
     return None
@@ -59,8 +64,18 @@ def read_state(root: Root) -> dict | None:
 def boot_lock(root: Root, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
     """Hold the boot lock; wait up to `wait_s` for another boot, then raise `boot_in_progress`."""
     path = root.run_dir / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise AgentError(
+            Problem(
+                "run_dir_unwritable",
+                str(path),
+                f"cannot create the boot lock: {exc.strerror or exc}",
+                "/run must be a writable tmpfs (check `findmnt /run`)",
+            )
+        ) from None
     try:
         deadline = time.monotonic() + wait_s
         while True:

@@ -23,7 +23,7 @@ def inputs(verdict: GpuVerdict, **kwargs) -> PlanInputs:
         "superlink": "10.0.0.1:9092",
         "node_config": "partition-id=0 num-partitions=2",
         "data_dir_host": "/opt/flower/data",
-        "image_user": "app",
+        "image_user": "49999:49999",
     }
     base.update(kwargs)
     return PlanInputs(gpu=verdict, **base)
@@ -91,7 +91,7 @@ def test_hardening_mounts_and_labels() -> None:
     assert kwargs["security_opt"] == ["no-new-privileges:true"]
     assert kwargs["restart_policy"] == {"Name": "unless-stopped"}
     assert kwargs["volumes"] == {"/opt/flower/data": {"bind": "/app/data", "mode": "ro"}}
-    assert "user" not in kwargs  # the image names a non-root user
+    assert "user" not in kwargs  # the image names a numeric non-root user
     assert kwargs["labels"]["fl-agent.spec-hash"] == plan.spec.spec_hash
     assert kwargs["command"][:1] == ["--insecure"]
     assert kwargs["command"][-2:] == ["--max-retries", "4"]

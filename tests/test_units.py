@@ -71,6 +71,10 @@ def unit_root(tmp_path_factory) -> Path:
     agent.parent.mkdir(parents=True)
     agent.write_text("#!/bin/sh\n")
     agent.chmod(0o755)
+    nft = root / "usr/sbin/nft"
+    nft.parent.mkdir(parents=True, exist_ok=True)
+    nft.write_text("#!/bin/sh\n")
+    nft.chmod(0o755)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     for unit in UNITS.iterdir():
@@ -87,6 +91,7 @@ def unit_root(tmp_path_factory) -> Path:
             "one-context.service",
             "fl-agent.service",
             "fl-agent-revalidate.timer",
+            "fl-agent-firewall.service",
         ],
         check=True,
         capture_output=True,
@@ -105,6 +110,7 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
             "fl-agent.service",
             "fl-agent-revalidate.service",
             "fl-agent-revalidate.timer",
+            "fl-agent-firewall.service",
         ],
         capture_output=True,
         text=True,
@@ -114,6 +120,27 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
     system = unit_root / "etc/systemd/system"
     assert (system / "multi-user.target.wants/fl-agent.service").is_symlink()
     assert (system / "timers.target.wants/fl-agent-revalidate.timer").is_symlink()
+    assert (system / "sysinit.target.wants/fl-agent-firewall.service").is_symlink()
+
+
+def test_firewall_unit_loads_only_its_own_table_before_the_network():
+    unit = unit_settings(UNITS / "fl-agent-firewall.service")
+    assert unit["ExecStart"] == ["/usr/sbin/nft -f /etc/fl-agent/firewall.nft"]
+    assert unit["ExecStop"] == ["/usr/sbin/nft delete table inet fl_agent"]  # not flush ruleset
+    assert "network-pre.target" in words(unit, "Before") & words(unit, "Wants")
+    assert unit["WantedBy"] == ["sysinit.target"]
+    assert unit["ConditionPathExists"] == ["!/etc/fl-agent/firewall.disabled"]
+
+
+def test_firewall_ruleset_parses_and_touches_only_its_table():
+    """`nft -c` parses and checks the ruleset without committing anything."""
+    ruleset = UNITS / "fl-agent-firewall.nft"
+    result = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = ruleset.read_text()
+    tables = set(re.findall(r"^(?:delete )?table (\w+ \w+)", text, re.MULTILINE))
+    assert tables == {"inet fl_agent"}
+    assert "flush ruleset" not in text
 
 
 def test_boot_unit_runs_once_after_context_engine_and_network():
