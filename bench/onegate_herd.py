@@ -66,7 +66,7 @@ PROPOSED_BASE_S = 2.0
 
 def serve(conn, tokens: dict[int, str]) -> None:
     """The emulator in its own process, driven over a pipe: stop, start, record, templates."""
-    from agent.emulator.onegate import OneGateEmulator
+    from emulators.onegate import OneGateEmulator
 
     emulator = OneGateEmulator()
     for vmid, token in tokens.items():

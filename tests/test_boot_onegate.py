@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from agent.context import render_context
-from agent.emulator.onegate import OneGateEmulator
+from emulators.onegate import OneGateEmulator
 from tests.fixtures_gpu import cpu_only_vm, gpu_vm, nvml_env
 
 pytestmark = pytest.mark.docker

@@ -12,9 +12,9 @@ import pytest
 from agent.config import Config
 from agent.context import Secret
 from agent.discovery import CA_PATH, check_ca_pem, discover, write_ca
-from agent.emulator.onegate import OneGateEmulator
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
+from emulators.onegate import OneGateEmulator
 
 # Self-signed test CAs (openssl ca -selfsign): valid 2020-2120, and expired in 2001.
 CA = """-----BEGIN CERTIFICATE-----

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent.context import render_context
-from agent.emulator.onegate import OneGateEmulator
 from bench.engine import PrivateEngine
+from emulators.onegate import OneGateEmulator
 
 pytestmark = pytest.mark.docker
 

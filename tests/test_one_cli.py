@@ -11,10 +11,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent.cli import main
-from agent.emulator import oned as oned_codes
-from agent.emulator.oned import DEFAULT_HOSTS, Host, OnedEmulator, Pci
 from agent.one.inputs import SUPERNODE_INPUTS
 from agent.one.syntax import parse
+from emulators import oned as oned_codes
+from emulators.oned import DEFAULT_HOSTS, Host, OnedEmulator, Pci
 
 PASSWORD = "s3cr3t-pw"
 H200 = "NVIDIA Corporation GH100 [H200 SXM 141GB]"

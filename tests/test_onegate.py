@@ -14,7 +14,6 @@ import pytest
 from agent import log
 from agent.config import Config
 from agent.context import Secret
-from agent.emulator.onegate import OneGateEmulator
 from agent.errors import AgentError
 from agent.onegate import (
     ATTRIBUTES,
@@ -30,6 +29,7 @@ from agent.onegate import (
     state_report,
 )
 from agent.paths import Root
+from emulators.onegate import OneGateEmulator
 
 FAST = RetryPolicy(base_s=0.02, cap_s=0.2, connect_timeout_s=0.5, read_timeout_s=0.5)
 VMID = 42

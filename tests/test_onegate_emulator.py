@@ -11,7 +11,8 @@ import time
 import pytest
 import requests
 
-from agent.emulator.onegate import OneGateEmulator, TemplateError, escape_attr, parse_template
+from emulators.onegate import OneGateEmulator, escape_attr
+from emulators.template import TemplateError, parse_template
 
 
 @pytest.fixture
@@ -202,7 +203,7 @@ def test_command_line_server_with_a_state_file(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.emulator.onegate", "--port", str(port), "--state", state],
+        [sys.executable, "-m", "emulators.onegate", "--port", str(port), "--state", state],
         stdout=subprocess.PIPE,
         text=True,
     )

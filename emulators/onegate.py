@@ -9,7 +9,7 @@ content type; XML-born JSON (numbers as strings, `{}` for empty, NIC lists); `/s
 roles and nodes; `/vms/<id>` within a service. On top, fault injection at run time (down,
 slow, bursts of 5xx, 401 mode) and a record of every request for assertions.
 
-Run for the demo: ``python -m agent.emulator.onegate --port 5030 --state state.json``; the
+Run for the demo: ``python -m emulators.onegate --port 5030 --state state.json``; the
 state file lists VMs (id, token, name, user_template, nics) and services (id, name, roles with
 vm_ids) and receives every change. Control routes under ``/_emulator/`` (`requests`, `state`,
 `faults`) are this emulator's own.
@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from emulators.template import TemplateError, parse_template
 
 RESTRICTED_ATTRS = ("SCHED_REQUIREMENTS", "SERVICE_ID", "ROLE_NAME")
 NIC_VALID_KEYS = (
@@ -83,97 +85,6 @@ def escape_attr(attr: str) -> str:
     if escape and text[-1:] not in ("]", '"'):
         text += '"'
     return text
-
-
-class TemplateError(ValueError):
-    """What the core's template parser rejects."""
-
-
-# (token, regex) in the lexer's rule order; flex takes the longest match, the first on a tie.
-_INITIAL = (
-    (None, re.compile(r"[ \t]*#.*\n")),
-    (None, re.compile(r"[ \t\n]+")),
-    ("VARIABLE", re.compile(r"[A-Za-z0-9_]+")),
-    ("EQUAL", re.compile(r"[ \t]*=[ \t]*")),
-    ("EQUAL_EMPTY", re.compile(r"[ \t]*=[ \t]*\n")),
-    ("COMMA", re.compile(r"[ \t\n]*,[ \t\n]*")),
-    ("CBRACKET", re.compile(r"[ \t\n]*\][ \t\n]*")),
-)
-_VALUE = (
-    ("OBRACKET", re.compile(r"[ \t]*\[[ \t\n]*")),
-    ("CCDATA", re.compile(r".*\]\]>.*")),
-    ("QSTRING", re.compile(r'"(?:\\"|[^"])*"')),
-    ("STRING", re.compile(r"[^=# \t\n,\[\]]+")),
-)
-
-
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    """(token, text, line) like template_parser.l; unmatched characters are dropped (flex ECHO)."""
-    tokens: list[tuple[str, str, int]] = []
-    pos, value_state = 0, False
-    while pos < len(text):
-        rules = _VALUE if value_state else _INITIAL
-        best: tuple[str | None, str] | None = None
-        for name, rx in rules:
-            m = rx.match(text, pos)
-            if m and m.group() and (best is None or len(m.group()) > len(best[1])):
-                best = (name, m.group())
-        if best is None:
-            pos += 1
-            continue
-        name, lexeme = best
-        line = text.count("\n", 0, pos) + 1
-        pos += len(lexeme)
-        if name == "EQUAL":
-            value_state = True
-        elif name in ("OBRACKET", "CCDATA", "QSTRING", "STRING"):
-            value_state = False
-        if name == "QSTRING":
-            tokens.append(("STRING", lexeme[1:-1].replace('\\"', '"'), line))
-        elif name is not None:
-            tokens.append((name, lexeme, line))
-    return tokens
-
-
-def parse_template(text: str) -> list[tuple[str, str | dict[str, str]]]:
-    """Attributes (upper-cased names) in order; TemplateError like the core's parse error."""
-    tokens = _tokens(text)
-    pos = 0
-
-    def take(*expected: str) -> tuple[str, str, int]:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise TemplateError(
-                f"Parse error: syntax error, unexpected $end, expecting {' or '.join(expected)}"
-            )
-        token = tokens[pos]
-        if token[0] not in expected:
-            raise TemplateError(
-                f"Parse error: syntax error, unexpected {token[0]}, expecting "
-                f"{' or '.join(expected)} at line {token[2]}"
-            )
-        pos += 1
-        return token
-
-    out: list[tuple[str, str | dict[str, str]]] = []
-    while pos < len(tokens):
-        name = take("VARIABLE")[1].upper()
-        if take("EQUAL", "EQUAL_EMPTY")[0] == "EQUAL_EMPTY":
-            out.append((name, ""))
-            continue
-        kind, value, _ = take("STRING", "OBRACKET", "CCDATA")
-        if kind == "OBRACKET":
-            vector: dict[str, str] = {}
-            while True:
-                key = take("VARIABLE")[1].upper()
-                take("EQUAL")
-                vector[key] = take("STRING")[1]
-                if take("COMMA", "CBRACKET")[0] == "CBRACKET":
-                    break
-            out.append((name, vector))
-        elif kind == "STRING":
-            out.append((name, value))
-    return out
 
 
 # --------------------------------------------------------------------------- the cloud's state
@@ -442,9 +353,10 @@ class OneGateEmulator:
 
     def _save(self) -> None:
         if self.state_file is not None:
-            from agent.atomicfile import write_atomic
-
-            write_atomic(self.state_file, json.dumps(self.snapshot(), indent=2), mode=0o600)
+            temp = self.state_file.with_name(self.state_file.name + ".tmp")
+            temp.write_text(json.dumps(self.snapshot(), indent=2))
+            temp.chmod(0o600)
+            temp.replace(self.state_file)
 
     # -- the API, as onegate-server.rb answers it
 

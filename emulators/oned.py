@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+from emulators.template import TemplateError, parse_template
+
 # oned's ErrorCode values (include/Request.h; pyone/server_xrpc.py maps them to exceptions).
 SUCCESS = 0x0000
 AUTHENTICATION = 0x0100
@@ -339,11 +341,9 @@ class OnedEmulator:
                 SUCCESS]  # fmt: skip
 
     def _template_allocate(self, method: str, body: str) -> list[Any]:
-        from agent.one.syntax import TemplateSyntaxError, parse
-
         try:
-            attrs = parse(body)
-        except TemplateSyntaxError as exc:
+            attrs = parse_template(body)
+        except TemplateError as exc:
             return [False, f"[{method}] Parse error: {exc}", INTERNAL]
         names = [v for k, v in attrs if k == "NAME" and isinstance(v, str)]
         if not names:
@@ -389,7 +389,7 @@ def _elements(fields: dict[str, str | None]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agent.emulator.oned [--port 2633]``: serve the default pool until interrupted."""
+    """``python -m emulators.oned [--port 2633]``: serve the default pool until interrupted."""
     import argparse
     import sys
 
