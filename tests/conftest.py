@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,40 @@ STANDIN_DIR = Path(__file__).parent / "images" / "supernode-standin"
 STANDIN_IMAGE = "fl-agent-test/supernode-standin:ok"
 STANDIN_CRASH_IMAGE = "fl-agent-test/supernode-standin:crash"
 STANDIN_ROOT_IMAGE = "fl-agent-test/supernode-standin:root"
+
+
+def host_network_state() -> dict[str, set[str]]:
+    """The host's links (veth container ends aside: they come and go with containers) and the
+    machine engine's networks: what the Docker tests must leave as they found it."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    names = {line.split(":")[1].strip().split("@")[0] for line in links.stdout.splitlines()}
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    networks = subprocess.run(
+        ["docker", "network", "ls", "--format", "{{.ID}} {{.Name}} {{.Driver}}"],
+        capture_output=True, text=True, check=False, env=env, timeout=60,
+    )  # fmt: skip
+    return {
+        "links": {n for n in names if not n.startswith("veth")},
+        "docker networks": set(networks.stdout.splitlines()),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_as_found(request):
+    """Fails the session when Docker tests changed the host's links (docker0 among them) or the
+    machine engine's networks: a private engine once deleted docker0."""
+    if not any(item.get_closest_marker("docker") for item in request.session.items):
+        yield
+        return
+    before = host_network_state()
+    yield
+    after = host_network_state()
+    changes = {
+        kind: {"gone": sorted(was - after[kind]), "new": sorted(after[kind] - was)}
+        for kind, was in before.items()
+        if was != after[kind]
+    }
+    assert not changes, f"the Docker tests changed the host: {changes}"
 
 
 @pytest.fixture(scope="session")
