@@ -14,7 +14,7 @@ from agent.context import Secret
 from agent.discovery import CA_PATH, check_ca_pem, discover, write_ca
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
-from emulators.onegate import OneGateEmulator
+from emulators.onegate import VERSIONS, OneGateEmulator
 
 # Self-signed test CAs (openssl ca -selfsign): valid 2020-2120, and expired in 2001.
 CA = """-----BEGIN CERTIFICATE-----
@@ -46,9 +46,9 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.fixture
-def emulator():
-    with OneGateEmulator() as em:
+@pytest.fixture(params=VERSIONS)
+def emulator(request):
+    with OneGateEmulator(version=request.param) as em:
         em.add_vm(SUPERLINK, ips=("10.0.0.41",))
         for vm_id in (52, ME, 50):
             em.add_vm(vm_id, ips=(f"10.0.1.{vm_id}",))

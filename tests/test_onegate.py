@@ -17,28 +17,28 @@ from agent.context import Secret
 from agent.errors import AgentError
 from agent.onegate import (
     ATTRIBUTES,
-    QUEUE_LIMIT,
     STATES,
     Report,
     Reporter,
     RetryPolicy,
     error_value,
     is_plain,
+    new_run,
     queue_dir,
     remote_status,
     state_report,
 )
 from agent.paths import Root
-from emulators.onegate import OneGateEmulator
+from emulators.onegate import VERSIONS, OneGateEmulator
 
 FAST = RetryPolicy(base_s=0.02, cap_s=0.2, connect_timeout_s=0.5, read_timeout_s=0.5)
 VMID = 42
 TOKEN = "secret-token-42"
 
 
-@pytest.fixture
-def emulator():
-    with OneGateEmulator() as em:
+@pytest.fixture(params=VERSIONS)
+def emulator(request):
+    with OneGateEmulator(version=request.param) as em:
         em.add_vm(41, token="tok-41", ips=("10.0.0.41",))
         em.add_vm(VMID, token=TOKEN, ips=("10.0.0.42",))
         em.add_service(7, "flower", {"superlink": [41], "supernode": [VMID]})
@@ -210,7 +210,7 @@ def test_ready_only_last_never_on_failure_and_error_cleared_on_recovery(emulator
     assert template["FL_STATE"] == "FAILED" and template["FL_ERROR"].startswith("toolkit_missing")
     assert "READY" not in template and "FL_NODE_READY" not in template
     kinds = [(r.params["type"], r.params["data"].split("=")[0]) for r in emulator.requests]
-    assert kinds[:3] == [("2", "FL_NODE_READY"), ("2", "READY"), ("1", "FL_STATE")]
+    assert kinds[:3] == [("2", "READY"), ("2", "FL_NODE_READY"), ("1", "FL_STATE")]
     # recovery: RUNNING again, the stale FL_ERROR is removed
     assert reporter.send(*state_report("RUNNING", ready=True))
     template = emulator.user_template(VMID)
@@ -237,13 +237,12 @@ def test_backoff_with_jitter_between_retries(emulator, root):
     assert [r.status for r in emulator.requests] == [503, 503, 503, 503, 200]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     rng = random.Random(7)
-    expected = [policy.delay(n, rng) for n in range(4)]
+    expected = [policy.delay(n, rng) for n in range(1, 5)]
     for gap, want in zip(gaps, expected, strict=True):
         assert want <= gap < want + 0.15
-    for n, want in enumerate(expected):  # within [d/2, d] of d = base * 2**n: jittered
-        assert 0.04 * 2**n <= want <= 0.08 * 2**n
-    assert len({round(w / 2**n, 4) for n, w in enumerate(expected)}) > 1
-    assert gaps[3] > gaps[0]
+    for n, want in enumerate(expected, 1):  # full jitter: anywhere in [0, d], d = base * 2**n
+        assert 0 <= want <= 0.08 * 2**n
+    assert len({round(w / 2**n, 4) for n, w in enumerate(expected, 1)}) > 1
 
 
 @pytest.mark.parametrize(
@@ -256,7 +255,7 @@ def test_backoff_with_jitter_between_retries(emulator, root):
         ),
     ],
 )
-def test_401_and_403_are_not_retried_and_kept_for_later(emulator, root, faults, problem):
+def test_401_and_403_end_the_run_and_are_kept_for_the_next(emulator, root, faults, problem):
     reporter = reporter_for(emulator, root)
     emulator.set_faults(**faults)
     assert reporter.send(*state_report("BOOTING")) is False
@@ -264,8 +263,16 @@ def test_401_and_403_are_not_retried_and_kept_for_later(emulator, root, faults, 
     assert reporter.last_problem.name == problem
     assert reporter.pending() == 1
     emulator.clear_faults()
-    assert reporter.flush() == 1
-    assert emulator.user_template(VMID)["FL_STATE"] == "BOOTING"
+    # the rest of this run asks nothing: every report and read would get the same answer
+    assert reporter.send(*state_report("CONFIGURING")) is False
+    assert reporter.flush() == 0
+    with pytest.raises(AgentError):
+        reporter_for(emulator, root).get_service()
+    assert len(emulator.requests) == 1
+    assert reporter.pending() == 1  # one merged report
+    new_run()  # the next run (the re-send timer, the next boot) delivers it
+    assert reporter_for(emulator, root).flush() == 1
+    assert emulator.user_template(VMID)["FL_STATE"] == "CONFIGURING"
 
 
 def test_host_not_permitted_reads_as_server_configuration(emulator, root):
@@ -323,47 +330,65 @@ def test_down_at_boot_then_up_delivers_everything_in_order(emulator, root):
     emulator.start()
     emulator.set_faults(drop=True)  # answering, but dropping connections
     assert reporter.send(*state_report("CONFIGURING", facts={"FL_GPU_MODE": "GPU"})) is False
-    assert reporter.pending() == 2
+    assert reporter.pending() == 1  # the backlog and the new report, merged
     files = sorted(queue_dir(root).glob("*.json"))
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     assert all(TOKEN not in f.read_text() for f in files)
     emulator.clear_faults()
     emulator.clear_requests()
     assert reporter.send(*state_report("RUNNING", ready=True))
-    states = [r.data_lines[0] for r in puts(emulator)]
-    assert states == ["FL_STATE=BOOTING", "FL_STATE=CONFIGURING", "FL_STATE=RUNNING"]
+    (update,) = puts(emulator)  # one request: the newest state, with every fact kept
+    assert update.data_lines[0] == "FL_STATE=RUNNING" and "FL_GPU_MODE=GPU" in update.data_lines
+    assert update.data_lines[-2:] == ["FL_NODE_READY=YES", "READY=YES"]
     assert reporter.pending() == 0
     template = emulator.user_template(VMID)
     assert template["FL_STATE"] == "RUNNING" and template["READY"] == "YES"
     assert template["FL_GPU_MODE"] == "GPU"
 
 
-def test_flush_delivers_the_queue_in_order(emulator, root):
+def test_flush_delivers_the_queue_as_one_report(emulator, root):
     emulator.stop()
     reporter = reporter_for(emulator, root, timeout=0.2)
     for state in ("BOOTING", "CONFIGURING", "FAILED"):
         reporter.send(*state_report(state))
     assert reporter.flush() == 0
     emulator.start()
+    new_run()
     later = reporter_for(emulator, root)  # another process: the queue is on disk
-    assert later.flush() == 3
-    assert [r.data_lines[0] for r in puts(emulator)] == [
-        "FL_STATE=BOOTING",
-        "FL_STATE=CONFIGURING",
-        "FL_STATE=FAILED",
-    ]
+    assert later.flush() == 1
+    assert [r.data_lines[0] for r in puts(emulator)] == ["FL_STATE=FAILED"]
     assert later.flush() == 0
 
 
-def test_queue_merges_the_oldest_beyond_its_limit(emulator, root):
+def test_ready_is_a_state_not_a_queued_event(emulator, root):
+    """READY=YES queued while OneGate is down, then FAILED: READY=YES never goes out."""
     emulator.stop()
-    reporter = reporter_for(emulator, root, timeout=0.01)
-    for n in range(QUEUE_LIMIT + 3):
-        reporter.send({"FL_GPU_COUNT": str(n)}, ["FL_ERROR"] if n == 0 else ())
-    assert reporter.pending() == QUEUE_LIMIT
+    reporter = reporter_for(emulator, root, timeout=0.2)
+    reporter.send(*state_report("RUNNING", ready=True))
+    reporter.send(*state_report("FAILED", error=("engine_gone", "docker stopped")))
     emulator.start()
-    assert reporter_for(emulator, root, timeout=10).flush() == QUEUE_LIMIT
-    assert emulator.user_template(VMID)["FL_GPU_COUNT"] == str(QUEUE_LIMIT + 2)
+    new_run()
+    assert reporter_for(emulator, root).flush() == 1
+    assert not any("READY=YES" in r.params.get("data", "") for r in emulator.requests)
+    template = emulator.user_template(VMID)
+    assert template["FL_STATE"] == "FAILED" and "READY" not in template
+
+
+def test_reports_queued_by_other_processes_join_the_backlog(emulator, root):
+    emulator.stop()
+    reporter = reporter_for(emulator, root, timeout=0.1)
+    for n in range(5):
+        reporter.send({"FL_GPU_COUNT": str(n)}, ["FL_ERROR"] if n == 0 else ())
+    from agent.onegate.outbox import Outbox
+    from agent.onegate.wire import Report as R
+
+    Outbox(queue_dir(root)).append(R({"FL_GPU_COUNT": "9"}, ()))  # the lock was busy
+    assert reporter.pending() == 2
+    emulator.start()
+    new_run()
+    assert reporter_for(emulator, root, timeout=10).flush() == 2
+    assert [r.params["data"] for r in puts(emulator)] == ["FL_GPU_COUNT=9"]
+    assert reporter.pending() == 0
 
 
 def test_report_merge_keeps_the_newest_word():
