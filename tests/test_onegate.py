@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
 import itertools
 import json
 import random
 import stat
+import subprocess
 import time
 
 import pytest
@@ -455,3 +458,239 @@ def test_unwritable_state_directory_does_not_stop_reporting(emulator, tmp_path):
     emulator.stop()
     assert reporter.send(*state_report("FAILED", error=("x", "y"))) is False
     assert reporter.pending() == 0
+
+
+# --------------------------------------------------------------------------- server versions
+
+
+def test_absent_deletes_never_delay_ready_on_any_version(emulator, root):
+    """7.0.1+ answer a delete of an absent attribute 'Internal server error': with what the VM
+    holds unknown (GET /vm off) or stale, READY=YES still goes out at once."""
+    emulator.deny("vm", "show")  # no GET /vm: every candidate is deleted blind
+    reporter = reporter_for(emulator, root, timeout=2.0)
+    started = time.monotonic()
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert time.monotonic() - started < 1.0
+    deletes = puts(emulator, "2")
+    assert deletes and all(r.status == 500 for r in deletes)
+    assert emulator.user_template(VMID)["READY"] == "YES"
+    assert reporter.pending() == 0
+
+
+def test_stale_knowledge_of_the_template_costs_one_read(emulator, root):
+    reporter = reporter_for(emulator, root)
+    reporter._present_known, reporter._present = True, {"FL_ERROR"}  # it is not there
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    (delete,) = puts(emulator, "2")
+    assert delete.status == 500
+    reads = [r for r in emulator.requests if r.method == "GET" and r.path == "/vm"]
+    assert len(reads) == (1 if emulator.version >= "7.0.1" else 0)  # only where ambiguous
+
+
+def test_a_failed_delete_of_a_present_attribute_is_retried(emulator, root):
+    emulator.set_attributes(VMID, FL_ERROR="old: error")
+    reporter = reporter_for(emulator, root, timeout=3.0)
+    reporter._present_known, reporter._present = True, {"FL_ERROR"}
+    emulator.set_faults(fail_next=1, fail_status=500, fail_body="attribute update failed")
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert [r.status for r in puts(emulator, "2")] == [500, 200]
+    assert "FL_ERROR" not in emulator.user_template(VMID)
+
+
+def test_ready_is_deleted_first_and_set_last(emulator, root):
+    emulator.set_attributes(VMID, READY="YES", FL_NODE_READY="YES", FL_ERROR="x")
+    reporter = reporter_for(emulator, root)
+    reporter.send(*state_report("FAILED", error=("engine_gone", "docker stopped")))
+    first = emulator.requests[1]  # after GET /vm
+    assert (first.params["type"], first.params["data"]) == ("2", "READY")
+    emulator.clear_requests()
+    reporter.send(*state_report("RUNNING", facts={"FL_GPU_MODE": "CPU"}, ready=True))
+    assert puts(emulator)[-1].data_lines[-1] == "READY=YES"
+
+
+def test_a_permission_off_ends_its_route_only(emulator, root):
+    emulator.deny("vm", "update")
+    reporter = reporter_for(emulator, root)
+    assert reporter.send(*state_report("BOOTING")) is False
+    assert reporter.last_problem.name == "onegate_forbidden"
+    count = len(emulator.requests)
+    assert reporter.send(*state_report("CONFIGURING")) is False
+    assert len(emulator.requests) == count  # PUT /vm asks no more in this run
+    assert reporter.get_service()["SERVICE"]["name"] == "flower"  # reads still work
+
+
+def test_the_backoff_is_shared_by_the_process(emulator, root):
+    emulator.stop()
+    policy = RetryPolicy(base_s=5.0, cap_s=30.0, connect_timeout_s=0.2, read_timeout_s=0.2)
+    first = reporter_for(emulator, root, timeout=0.3, policy=policy, seed=2)
+    assert first.send(*state_report("BOOTING")) is False
+    emulator.start()
+    second = reporter_for(emulator, root, timeout=0.3, policy=policy, seed=2)
+    assert second.send(*state_report("CONFIGURING")) is False  # still backing off: no request
+    assert emulator.requests == []
+    assert second.last_problem.name == "onegate_unreachable"
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_redirects_are_not_followed_and_carry_no_token(root, tmp_path):
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            if self.server is redirector:
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_port}/vm")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"VM": {"USER_TEMPLATE": {}}}')
+
+        do_PUT = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    redirector = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    other = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    for server in (redirector, other):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reporter = Reporter(
+            endpoint=f"http://127.0.0.1:{redirector.server_port}",
+            vmid="7",
+            token=Secret(TOKEN),
+            queue_dir=queue_dir(root),
+            policy=FAST,
+        )
+        with pytest.raises(AgentError) as info:
+            reporter.get_vm()
+        assert info.value.first.name == "onegate_redirected"
+        assert reporter.send(*state_report("BOOTING")) is False
+    finally:
+        for server in (redirector, other):
+            server.shutdown()
+            server.server_close()
+    assert len(seen) == 1 and seen[0]["X-ONEGATE-TOKEN"] == TOKEN  # the redirector only
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "{garbage", '{"updates": {"A": 1}}', "\xff"])
+def test_a_queue_file_that_is_no_report_is_set_aside(emulator, root, content):
+    out = io.StringIO()
+    log.configure("INFO", stream=out)
+    directory = queue_dir(root)
+    directory.mkdir(parents=True)
+    (directory / "000000000001-0000001.json").write_text(content, errors="surrogateescape")
+    reporter = reporter_for(emulator, root)
+    assert reporter.send(*state_report("BOOTING"))
+    assert reporter.pending() == 0
+    assert (directory / "000000000001-0000001.json.bad").exists()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (aside,) = [e for e in events if e["event"] == "onegate_queue_file_set_aside"]
+    assert aside["file"].endswith("000000000001-0000001.json")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("service", "not json"),
+        ("service", "[]"),
+        ("service", '{"SERVICE": []}'),
+        ("service", '{"SERVICE": {"roles": {"a": 1}}}'),
+        ("service", '{"SERVICE": {"roles": [{"nodes": [1]}]}}'),
+        ("service", '{"SERVICE": {"roles": [{"cardinality": "x", "nodes": []}]}}'),
+        ("vm", '{"VM": {"TEMPLATE": []}}'),
+        ("vm", "null"),
+    ],
+)
+def test_malformed_answers_are_named_errors(emulator, root, path, body):
+    reporter = reporter_for(emulator, root)
+    emulator.set_faults(fail_next=1, fail_status=200, fail_body=body)
+    with pytest.raises(AgentError) as info:
+        reporter.get_service() if path == "service" else reporter.get_vm_by_id(41)
+    assert info.value.first.name == "onegate_bad_answer"
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://h:abc", "http://a..b", "http://h:99999", "http://[::1:5030"]
+)
+def test_endpoints_the_http_stack_refuses_are_named_errors(root, endpoint):
+    from agent.config import build_config
+
+    result = build_config({"ONEGATE_ENDPOINT": endpoint, "VMID": "3"})
+    assert [p.name for p in result.problems] == ["invalid_value"]
+    reporter = Reporter(endpoint=endpoint, vmid="3", token=Secret(TOKEN), queue_dir=queue_dir(root))
+    assert reporter.enabled is False
+    assert reporter.last_problem.name == "onegate_endpoint_invalid"
+    assert reporter.send(*state_report("BOOTING")) is False
+    with pytest.raises(AgentError) as info:
+        reporter.get_vm()
+    assert info.value.first.name == "onegate_endpoint_invalid"
+
+
+# --------------------------------------------------------------------------- READY as one-context
+
+
+def ready_reporter(em, root, variables: dict[str, str]) -> Reporter:
+    from agent.onegate import ReadyPolicy
+
+    policy = ReadyPolicy.from_variables(variables)
+    config = config_for(em)
+    return Reporter.from_config(
+        config, root, total_timeout_s=2.0, ready=dataclasses.replace(policy, wait_s=0.0)
+    )
+
+
+def test_report_ready_no_never_touches_ready(emulator, root):
+    emulator.set_attributes(VMID, READY="YES")  # someone else's READY
+    reporter = ready_reporter(emulator, root, {"REPORT_READY": "NO"})
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert reporter.send(*state_report("FAILED", error=("x", "y")))
+    assert not any("READY" in r.params.get("data", "") for r in emulator.requests)
+    assert emulator.user_template(VMID)["READY"] == "YES"
+
+
+@pytest.mark.parametrize(
+    ("variables", "ready"),
+    [
+        ({"READY_SCRIPT": "exit 0"}, True),
+        ({"READY_SCRIPT": "test -e /nonexistent"}, False),
+        ({"READY_SCRIPT": base64.b64encode(b"true").decode()}, True),  # base64, as net-99
+        ({"READY_SCRIPT": base64.b64encode(b"exit 3").decode()}, False),
+        ({"READY_SCRIPT_PATH": "/opt/ready.sh"}, True),
+        ({"READY_SCRIPT_PATH": "/opt/missing.sh", "READY_SCRIPT": "exit 0"}, False),
+    ],
+)
+def test_ready_script_gates_ready(emulator, root, variables, ready):
+    script = root.path("/opt/ready.sh")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text('#!/bin/sh\ntest "$REPORT_READY" = YES\n')
+    script.chmod(0o755)
+    reporter = ready_reporter(emulator, root, {"REPORT_READY": "YES", **variables})
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    template = emulator.user_template(VMID)
+    assert (template.get("READY") == "YES") is ready
+    assert ("FL_NODE_READY" in template) is ready
+    if not ready:
+        assert reporter.ready_problem.name in ("ready_script_failed", "ready_script_missing")
+
+
+def test_ready_script_runs_three_times_ten_seconds_apart():
+    from agent.onegate import ReadyPolicy
+
+    calls, sleeps = [], []
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0 if len(calls) == 3 else 1)
+
+    policy = ReadyPolicy.from_variables({"READY_SCRIPT": "check"})
+    assert policy.check(Root(), run=run, sleep=sleeps.append) is None
+    assert len(calls) == 3 and sleeps == [10.0, 10.0]
+    assert calls[0][:2] == ["/bin/bash", "-c"]

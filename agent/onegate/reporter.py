@@ -53,6 +53,7 @@ class Reporter:
         self.total_timeout_s = total_timeout_s
         self.last_problem: Problem | None = None
         self.ready = ready or ReadyPolicy()
+        self.ready_problem: Problem | None = None  # why READY=YES was withheld, if it was
         self._root = root or Root()
         self._outbox = Outbox(queue_dir)
         self._present: set[str] | None = None
@@ -187,7 +188,7 @@ class Reporter:
         if problem is None:
             return report
         _log().error("ready_withheld", problem=str(problem))
-        self.last_problem = problem
+        self.ready_problem = problem
         kept = report.without(READY_ATTRIBUTES)
         return Report(kept.updates, (*READY_ATTRIBUTES, *kept.deletes))
 
@@ -198,6 +199,9 @@ class Reporter:
         report if kept.
         """
         try:
+            stopped = self._transport.stopped("PUT", "/vm")
+            if stopped is not None:  # this run asks no more: nothing to learn first
+                raise stopped
             self._learn_present(deadline)
             data, deletes = wire(report, self._present)
             for name in deletes:
