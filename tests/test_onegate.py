@@ -694,3 +694,28 @@ def test_ready_script_runs_three_times_ten_seconds_apart():
     assert policy.check(Root(), run=run, sleep=sleeps.append) is None
     assert len(calls) == 3 and sleeps == [10.0, 10.0]
     assert calls[0][:2] == ["/bin/bash", "-c"]
+
+
+# --------------------------------------------------------------------------- the re-send timer
+
+
+def test_resend_command_flushes_the_queue_and_says_whether_one_waits(emulator, root, tmp_path):
+    from agent.context import render_context
+    from agent.onegate.__main__ import main
+
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    (cd / "token.txt").write_text(TOKEN + "\n")
+    variables = {"ONEGATE_ENDPOINT": emulator.endpoint, "VMID": str(VMID), "FL_GPU_ENABLED": "?"}
+    (cd / "context.sh").write_text(render_context(variables))  # FL_* invalid: still reports
+    argv = ["flush", "--root", str(root.prefix), "--context-file", str(cd / "context.sh")]
+    assert main(argv) == 0 and emulator.requests == []  # nothing queued: nothing asked
+    emulator.stop()
+    reporter_for(emulator, root, timeout=0.2).send(*state_report("RUNNING", ready=True))
+    new_run()
+    assert main([*argv, "--timeout", "0.5"]) == 3  # still down: it waits for the next tick
+    emulator.start()
+    new_run()
+    assert main(argv) == 0
+    assert emulator.user_template(VMID)["READY"] == "YES"
+    assert reporter_for(emulator, root).pending() == 0

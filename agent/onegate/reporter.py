@@ -109,6 +109,22 @@ class Reporter:
             )
         return reporter
 
+    @classmethod
+    def from_context(cls, context, root: Root, *, total_timeout_s: float = 10.0) -> Reporter:
+        """From the context's platform values alone (ONEGATE_ENDPOINT, VMID, the token), so
+        that a context with invalid FL_* values still reports."""
+        variables = context.variables
+        vmid = variables.get("VMID", "").strip()
+        return cls(
+            endpoint=variables.get("ONEGATE_ENDPOINT", "").strip().rstrip("/") or None,
+            vmid=vmid if vmid.isdigit() else None,
+            token=context.token,
+            queue_dir=queue_dir(root),
+            total_timeout_s=total_timeout_s,
+            ready=ReadyPolicy.from_variables(variables),
+            root=root,
+        )
+
     # -- reports
 
     def send(

@@ -55,15 +55,17 @@ class _Stops:
     routes: dict[str, OneGateError]
 
 
-_BACKOFF: dict[str, _Backoff] = {}
+_BACKOFF: dict[tuple[str, str], _Backoff] = {}
 _STOPPED: dict[tuple[str, str], _Stops] = {}
-"""Process-wide: every Reporter of this process shares its endpoint's backoff and stops."""
+"""Process-wide, per (endpoint, VMID): every Reporter of the run shares them."""
 
 
-def new_run() -> None:
-    """Forget the backoff and the stops, as a new process would (tests, the herd bench)."""
-    _BACKOFF.clear()
-    _STOPPED.clear()
+def new_run(endpoint: str | None = None, vmid: str | None = None) -> None:
+    """Forget the backoff and the stops (of one endpoint and VM, or all), as a new process
+    would: tests, and the herd bench, whose simulated VMs share a process."""
+    for table in (_BACKOFF, _STOPPED):
+        for key in [k for k in table if endpoint is None or k == (endpoint, vmid)]:
+            del table[key]
 
 
 class OneGateError(AgentError):
@@ -159,7 +161,7 @@ class Transport:
         self.policy = policy
         self.rng = rng
         self.sleep = sleep
-        self.backoff = _BACKOFF.setdefault(endpoint, _Backoff())
+        self.backoff = _BACKOFF.setdefault((endpoint, vmid), _Backoff())
         self.stops = _STOPPED.setdefault((endpoint, vmid), _Stops({}))
         self.session = requests.Session()
         self.session.trust_env = False  # no proxy or .netrc from the environment
