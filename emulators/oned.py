@@ -49,6 +49,8 @@ class Pci:
     vmid: int = -1
     domain: str = "0000"
     uuid: str | None = None
+    profiles: str | None = None  # an NVIDIA vGPU virtual function: its creatable profiles
+    mdev_mode: str | None = None  # ... and `nvidia` or `legacy` (7.0's probe)
 
     def xml(self) -> str:
         bus, rest = self.short_address.split(":")
@@ -64,6 +66,8 @@ class Pci:
             "FUNCTION": function,
             "IFNAME": "-",
             "NUMA_NODE": self.numa_node,
+            "PROFILES": self.profiles,
+            "MDEV_MODE": self.mdev_mode,
             "SHORT_ADDRESS": self.short_address,
             "SLOT": slot,
             "SRIOV": "-",
@@ -83,6 +87,7 @@ class Host:
     pci: tuple[Pci, ...] = ()
     state: int = HOST_MONITORED
     cluster: str = "default"
+    ovmf_uefis: str | None = None  # OVMF_UEFIS set in the host's template by the admin
 
     def xml(self) -> str:
         vms = sorted({p.vmid for p in self.pci if p.vmid >= 0})
@@ -115,7 +120,10 @@ class Host:
             }
         )
         vm_ids = "".join(f"<ID>{v}</ID>" for v in vms)
-        template = "<TEMPLATE><HYPERVISOR><![CDATA[kvm]]></HYPERVISOR></TEMPLATE>"
+        template = "<HYPERVISOR><![CDATA[kvm]]></HYPERVISOR>"
+        if self.ovmf_uefis is not None:
+            template += f"<OVMF_UEFIS><![CDATA[{self.ovmf_uefis}]]></OVMF_UEFIS>"
+        template = f"<TEMPLATE>{template}</TEMPLATE>"
         return (
             f"<HOST>{head}<HOST_SHARE>{share}</HOST_SHARE><VMS>{vm_ids}</VMS>"
             f"{template}<MONITORING></MONITORING></HOST>"
@@ -247,8 +255,10 @@ class OnedEmulator:
         hosts: tuple[Host, ...] = DEFAULT_HOSTS,
         session: str = "oneadmin:opennebula",
         templates: dict[int, str] | None = None,
+        version: str = "7.0.0",
     ) -> None:
         self.session = session
+        self.version = version
         self.state = _State(hosts)
         for tid, name in (templates or {}).items():
             self.state.templates[tid] = (name, f'NAME="{name}"\n')
@@ -321,9 +331,13 @@ class OnedEmulator:
             "one.template.allocate": self._template_allocate,
             "one.template.info": self._template_info,
             "one.document.allocate": self._document_allocate,
+            "one.system.version": self._system_version,
         }
 
     # --- the calls (the lock is held) ---
+
+    def _system_version(self, method: str) -> list[Any]:
+        return [True, self.version, SUCCESS]
 
     def _hostpool_info(self, method: str) -> list[Any]:
         return [
@@ -396,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="oned XML-RPC stand-in (hosts with GPUs)")
     parser.add_argument("--port", type=int, default=2633)
     parser.add_argument("--session", default="oneadmin:opennebula", help="the user:password")
+    parser.add_argument("--version", default="7.0.0", help="what one.system.version answers")
     args = parser.parse_args(argv)
-    oned = OnedEmulator(session=args.session)
+    oned = OnedEmulator(session=args.session, version=args.version)
     sys.stdout.write(f"oned stand-in on {oned.start(args.port)}\n")
     sys.stdout.flush()
     try:

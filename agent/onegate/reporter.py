@@ -232,7 +232,8 @@ class Reporter:
                 self._transport.call("PUT", "/vm", deadline, {"data": data, "type": "1"})
         except OneGateError as exc:
             self.last_problem = exc.first
-            self._present_known = False
+            if exc.status is not None:  # no answer changed nothing: what the VM holds stands
+                self._present_known = False
             if exc.transient:
                 return "retry"
             _log().error(
