@@ -214,6 +214,7 @@ class Reporter:
         A permanent refusal (a restricted attribute, a parse error) would block every later
         report if kept.
         """
+        data = ""
         try:
             stopped = self._transport.stopped("PUT", "/vm")
             if stopped is not None:  # this run asks no more: nothing to learn first
@@ -232,8 +233,12 @@ class Reporter:
                 self._transport.call("PUT", "/vm", deadline, {"data": data, "type": "1"})
         except OneGateError as exc:
             self.last_problem = exc.first
-            if exc.status is not None:  # no answer changed nothing: what the VM holds stands
+            if exc.status is not None:
                 self._present_known = False
+            elif self._present is not None:
+                # No answer: the update may have landed. Counting its names as present keeps
+                # their later deletion (a superfluous one is harmless) without a GET /vm.
+                self._present |= {line.split("=", 1)[0] for line in data.splitlines()}
             if exc.transient:
                 return "retry"
             _log().error(
