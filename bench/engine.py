@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 MAIN_HOST = "unix:///var/run/docker.sock"
+CREATED_BRIDGES: list[str] = []
+"""Every bridge a PrivateEngine of this process created: none may outlive its engine."""
 
 
 class PrivateEngine:
@@ -148,6 +150,8 @@ class PrivateEngine:
             ["ip", "link", "set", self.bridge, "up"],
         ):
             subprocess.run(argv, check=True, capture_output=True, timeout=10)
+            if self.bridge not in CREATED_BRIDGES:
+                CREATED_BRIDGES.append(self.bridge)
 
     def _mounts(self) -> list[str]:
         """Mount points under this engine's directory, deepest first."""
