@@ -1,7 +1,7 @@
 """A OneGate server emulator: a real HTTP server that behaves like OpenNebula's.
 
-Ported from the server's source (src/onegate/onegate-server.rb; facts in
-../shared/reference/opennebula.md section 3): token and VMID checks (401 `Not authorized`),
+Ported from the server's source (OpenNebula/one src/onegate/onegate-server.rb at the release
+tags below; docs/onegate.md): token and VMID checks (401 `Not authorized`),
 restricted attributes (403), `escape_attr` and then a port of the core's template lexer and
 grammar (src/parsers/template_parser.l), so the inputs that break the real server break this one
 with a 500; type=2 deletions (500 `attribute not found`); plain-text error bodies under a JSON

@@ -1,7 +1,8 @@
 """OneGate: the wire format (wire), HTTP (transport), the queue on disk (outbox), READY as
 the context asks it (ready) and the client the agent uses (reporter).
 
-Facts: ../shared/reference/opennebula.md section 3; version differences: docs/onegate.md.
+What the server does and how it differs by release (OpenNebula/one src/onegate/onegate-server.rb
+at release-6.10.0, 7.0.0, 7.0.1): docs/onegate.md.
 """
 
 from agent.onegate.ready import ReadyPolicy

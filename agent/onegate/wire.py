@@ -1,6 +1,7 @@
 """OneGate's wire format: the attributes, one state change as a report, its request text.
 
-Facts: ../shared/reference/opennebula.md section 3.
+The server's side (OpenNebula/one src/onegate/onegate-server.rb: `update`, `escape_attr`) is
+described in docs/onegate.md.
 - `PUT /vm` form-encoded (`data=<KEY=VALUE lines>&type=1`) merges attributes; `type=2` deletes
   one attribute per request and rewrites the whole user template.
 - The server's `escape_attr` breaks on `"`, `,`, `[`, `]`, `\\` and newlines, and an empty value
