@@ -239,6 +239,37 @@ def _stages_text(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- dev-char-links ---
+
+
+def cmd_dev_char_links(args: argparse.Namespace) -> int:
+    """Run at boot and by the udev rule when the nvidia driver binds (udev/)."""
+    from agent.devchar import ensure_dev_char_links
+    from agent.toolkit import detect
+
+    root = _root(args)
+    result = ensure_dev_char_links(root, detect(root).ctk_path)
+    data = {
+        "via": result.via,
+        "created": list(result.created),
+        "present": list(result.present),
+        "ctk_output": result.ctk_output,
+        "problem": result.problem.to_dict() if result.problem else None,
+    }
+    _emit(data, args.json, lambda: _dev_char_text(data))
+    return ExitCode.FAILED if result.problem else ExitCode.OK
+
+
+def _dev_char_text(data: dict) -> str:
+    lines = [f"/dev/char links via {data['via']}: {len(data['present'])} present"]
+    lines += [f"  created {name}" for name in data["created"]]
+    if data["ctk_output"]:
+        lines.append(f"  nvidia-ctk failed: {data['ctk_output']}")
+    if data["problem"]:
+        lines.append(f"  {data['problem']['message']} (fix: {data['problem']['fix']})")
+    return "\n".join(lines) + "\n"
+
+
 # --- parser ---
 
 
@@ -325,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("host-check", help="check a KVM host for GPU passthrough")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_host_check)
+
+    p = sub.add_parser(
+        "dev-char-links", help="create the /dev/char links of the NVIDIA device nodes"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dev_char_links)
 
     from agent.one.commands import register as _register_one
 

@@ -32,7 +32,7 @@ from agent.paths import Root
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_REPOSITORY = "fl-agent-test/appliance"
-BUILD_INPUTS = ("packer", "systemd", "context.d", "agent", "pyproject.toml")
+BUILD_INPUTS = ("packer", "systemd", "context.d", "udev", "agent", "pyproject.toml")
 BUILD_SKIP = {".stage", "output", "__pycache__"}
 VM_LABEL = "fl-agent-test.appliance-vm"
 
@@ -498,6 +498,11 @@ def test_broken_context_fails_the_unit_reports_failed_and_starts_nothing(
         supernode(docker_client)
     assert appliance.READY_MARKER not in vm.read(appliance.MOTD)
     assert "state          = FAILED" in vm.read(appliance.SERVICE_REPORT)
+    # The image keeps the NVIDIA /dev/char links (udev) and carries the watch unit.
+    rule = vm.read("/usr/lib/udev/rules.d/71-fl-agent-dev-char.rules")
+    assert "fl-agent dev-char-links" in rule
+    verify = vm.sh("systemd-analyze", "verify", "fl-agent-watch.service")
+    assert verify.stdout + verify.stderr == ""
 
 
 @pytest.mark.docker

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.gpu.pci import PciGpu, scan_pci
 from agent.host import pciconf
+from agent.host.passthrough import PASSTHROUGH_CHECKS
 from agent.paths import Root
 
 # pci.conf on the front-end, then the copy `onehost sync` leaves on each host.
@@ -70,6 +71,7 @@ def check_host(root: Root) -> HostReport:
         iommu_isolation,
         udev_rule,
         pci_filter,
+        *PASSTHROUGH_CHECKS,
     )
     return HostReport(tuple(_timed(check, root) for check in checks))
 
