@@ -6,9 +6,11 @@ and stopping the engine mid-boot stops nobody else's. Started the way scripts/se
 the machine's engine (`setsid dockerd --storage-driver=overlay2`); needs root.
 
 The engine gets a bridge of its own (named after its directory, on a free 10.213.x.0/24 subnet),
-created before dockerd starts and removed after it stops. Never `--bridge=none`: a dockerd
-started that way deletes the host's `docker0` (the machine engine's default network) at start.
-`--iptables=false --ip-forward=false` keep the host's firewall and sysctls as they are.
+created before dockerd starts and removed after it stops. Never `--bridge=none` in the host's
+network namespace: a dockerd started that way deletes the host's `docker0` (the machine
+engine's default network) at start. With `own_netns` the engine has a network namespace of its
+own, where `--bridge=none` touches nothing of the host's. `--iptables=false
+--ip-forward=false` keep the host's firewall and sysctls as they are.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class PrivateEngine:
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start dockerd (again, after `stop`) and wait until `docker version` answers."""
-        self._make_bridge()
+        if not self.own_netns:
+            self._make_bridge()
         log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - the child keeps it
         with log:
             search = ":".join([*self.path_first, os.environ.get("PATH", "")])
@@ -63,7 +66,7 @@ class PrivateEngine:
                     f"--data-root={self.dir}/data",
                     f"--exec-root={self.dir}/x",
                     f"--pidfile={self.dir}/d.pid",
-                    f"--bridge={self.bridge}",
+                    "--bridge=none" if self.own_netns else f"--bridge={self.bridge}",
                     "--iptables=false",
                     "--ip6tables=false",
                     "--ip-forward=false",
@@ -140,7 +143,7 @@ class PrivateEngine:
             if ids:
                 self.docker("rm", "-f", *ids, check=False)
         self.stop()
-        if _link_exists(self.bridge):
+        if self.bridge in CREATED_BRIDGES and _link_exists(self.bridge):
             subprocess.run(["ip", "link", "delete", self.bridge, "type", "bridge"], check=False)
         for mount in self._mounts():  # the engine leaves its netns mount behind
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
