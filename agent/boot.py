@@ -139,7 +139,7 @@ def _boot(run: _Run, context_file: Path | None) -> Outcome:
 
 def _reporter(run: _Run, inputs):
     """A OneGate reporter, also for an invalid config (only the OneGate variables are needed)."""
-    from agent.onegate import Reporter
+    from agent.onegate import ReadyPolicy, Reporter
 
     config = inputs.result.config
     if config is None:
@@ -148,7 +148,10 @@ def _reporter(run: _Run, inputs):
         config = build_config(subset, token=inputs.context.token).config
     if config is None:
         return None
-    return Reporter.from_config(config, run.root, total_timeout_s=run.options.onegate_timeout_s)
+    ready = ReadyPolicy.from_variables(inputs.context.variables)
+    return Reporter.from_config(
+        config, run.root, total_timeout_s=run.options.onegate_timeout_s, ready=ready
+    )
 
 
 def _static_facts(config: Config | None) -> dict[str, str]:

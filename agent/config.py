@@ -553,16 +553,34 @@ def data_dir_problem(path: str) -> str | None:
 def _endpoint(r: _Reader, raw: str) -> str | None:
     if raw.strip() == "":
         return None
-    if re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw.strip()):
+    reason = endpoint_error(raw.strip())
+    if reason is None:
         return raw.strip().rstrip("/")
     r.problems.append(
         Problem(
             "invalid_value",
             "ONEGATE_ENDPOINT",
-            f"invalid value {raw!r}",
+            f"invalid value {raw!r}: {reason}",
             "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
         )
     )
+    return None
+
+
+def endpoint_error(url: str) -> str | None:
+    """Why the HTTP stack would refuse `url` as the OneGate endpoint (None: it would not)."""
+    import urllib.parse
+
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        return "not http(s)://host[:port]"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        return str(exc)
+    host = parts.hostname or ""
+    if not host or (":" not in host and not all(0 < len(x) <= 63 for x in host.split("."))):
+        return f"host {host!r} is not a host name or address"
     return None
 
 
