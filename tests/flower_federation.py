@@ -1,0 +1,173 @@
+"""A real Flower federation on the Docker engine, built from the agent's own contract.
+
+A SuperLink and SuperNodes of one release run in the image flwr/supernode:<version>
+(images/build-supernode.sh), on a bridge network of their own, with the CA and certificate
+from agent/tls.py, the node keys from agent/nodeauth.py and the argv from agent/flower.py.
+Every container and the network carry a per-run prefix and are removed by `close()`.
+
+Used by tests/test_federation_docker.py and scripts/record_supernode_logs.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from agent import flower, nodeauth, tls
+
+FLOWER_USER = (49999, 49999)
+"""The flwr images' non-root user: it must read the keys mounted into its containers."""
+SUPERLINK = "superlink"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+class Federation:
+    """One SuperLink (TLS, SuperNode authentication on) and any number of SuperNodes."""
+
+    def __init__(self, version: str, workdir: Path) -> None:
+        self.version = version
+        self.workdir = workdir
+        self.prefix = f"fl-agent-test-fed-{uuid.uuid4().hex[:8]}"
+        self.network = self.prefix
+        self.tls = tls.TlsFiles(workdir / "tls")
+        docker("network", "create", self.network)
+
+    def name(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    @property
+    def superlink_host(self) -> str:
+        """The SuperLink's DNS name on the network, and a SAN of its certificate."""
+        return self.name(SUPERLINK)
+
+    def start_superlink(self) -> None:
+        state = self.workdir / "state"
+        state.mkdir(exist_ok=True)
+        os.chown(state, *FLOWER_USER)
+        tls.ensure_server_tls(
+            self.tls, tls.wanted_sans((), self.superlink_host), key_owner=FLOWER_USER
+        )
+        cli = self.workdir / "cli"
+        cli.mkdir(exist_ok=True)
+        filename, text = flower.cli_connection(
+            self.version, flower.control_endpoint(self.version, "127.0.0.1"), "/tls/ca.crt"
+        )
+        (cli / filename).write_text(text)
+        paths = flower.ServerTlsPaths("/tls/ca.crt", "/tls/server.crt", "/tls/server.key")
+        args = flower.superlink_args(
+            version=self.version, tls=paths, database="/state/state.db", node_auth=True
+        )
+        self._run(
+            SUPERLINK,
+            ["-v", f"{self.tls.directory}:/tls:ro", "-v", f"{state}:/state"],
+            ["-v", f"{cli}:/cli:ro", "-v", f"{self.workdir / 'keys'}:/keys:ro"],
+            ["--entrypoint", "flower-superlink", self.image, *args],
+        )
+
+    @property
+    def image(self) -> str:
+        return f"flwr/supernode:{self.version}"
+
+    def node_key(self, node: str) -> nodeauth.NodeKey:
+        directory = self.workdir / "keys" / node
+        key = nodeauth.ensure_node_key(directory, owner=FLOWER_USER)
+        directory.chmod(0o755)
+        return key
+
+    def register(self, node: str) -> int | None:
+        """`flwr supernode register` of the node's public key, inside the SuperLink container
+        (the CLI writes into its connection directory: a copy in /tmp)."""
+        self.node_key(node)
+        argv = flower.register_node_args(self.version, f"/keys/{node}/node.pub", "/tmp/cli")
+        done = docker(
+            "exec",
+            "-e",
+            "FLWR_HOME=/tmp/cli",
+            "-e",
+            "FLWR_TELEMETRY_ENABLED=0",
+            self.name(SUPERLINK),
+            "sh",
+            "-c",
+            'rm -rf /tmp/cli && cp -r /cli /tmp/cli && cd /tmp/cli && exec flwr "$@"',
+            "flwr",
+            *argv,
+        )
+        return flower.registered_node_id(done.stdout)
+
+    def start_supernode(
+        self,
+        node: str,
+        *,
+        image_version: str | None = None,
+        superlink: str | None = None,
+        ca: Path | None = None,
+    ) -> str:
+        """A SuperNode with the node's key, dialing the SuperLink's fleet endpoint of its own
+        release (or `superlink`), trusting the federation's CA (or `ca`)."""
+        version = image_version or self.version
+        self.node_key(node)
+        args = flower.supernode_args(
+            version=version,
+            superlink=superlink or flower.fleet_endpoint(version, self.superlink_host),
+            insecure=False,
+            root_certificates="/ca/ca.crt",
+            isolation="subprocess",
+            node_config=None,
+            max_retries=0,
+            max_wait_time=0,
+            auth_private_key="/key/node.key",
+        )
+        volumes = ["-v", f"{ca or self.tls.ca_cert}:/ca/ca.crt:ro"]
+        volumes += ["-v", f"{self.workdir / 'keys' / node}:/key:ro"]
+        return self._run(node, volumes, [f"flwr/supernode:{version}", *args])
+
+    def _run(self, role: str, *parts: list[str]) -> str:
+        argv = ["run", "-d", "--name", self.name(role), "--network", self.network]
+        argv += ["--network-alias", self.name(role), "-e", "FLWR_TELEMETRY_ENABLED=0"]
+        for part in parts:
+            argv += part
+        docker(*argv)
+        return self.name(role)
+
+    def logs(self, role: str) -> str:
+        """The container's log, colours stripped (as the agent reads it from the engine)."""
+        done = subprocess.run(
+            ["docker", "logs", self.name(role)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        return _ANSI.sub("", done.stdout)
+
+    def wait_for(self, role: str, pattern: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.logs(role)
+            if re.search(pattern, text):
+                return text
+            time.sleep(1)
+        raise TimeoutError(f"{role}: no {pattern!r} in {timeout:.0f}s:\n{self.logs(role)}")
+
+    def stop(self, role: str) -> None:
+        docker("stop", "-t", "3", self.name(role))
+
+    def start(self, role: str) -> None:
+        docker("start", self.name(role))
+
+    def close(self) -> None:
+        """Remove every container and the network this federation created."""
+        names = docker("ps", "-aq", "--filter", f"name={self.prefix}-", check=False).stdout
+        if names.split():
+            docker("rm", "-f", *names.split(), check=False)
+        docker("network", "rm", self.network, check=False)
+        shutil.rmtree(self.workdir / "state", ignore_errors=True)
