@@ -4,10 +4,11 @@ Pure: a fold over log lines (`advance`, `classify`), so `fl-agent watch` can fee
 come and tests feed the recorded logs of real SuperNodes (tests/fixtures/supernode-logs/, made
 by scripts/record_supernode_logs.py against real SuperLinks of 1.25.0 and 1.42.0).
 
-Each pattern below is a line a real SuperNode printed, except where marked "source": those come
-from Flower's source (flwr 1.42.0 wheel, supercore/runtime_version_compatibility.py and
-supercore/exit/exit_code.py) for situations the two recorded releases cannot produce with each
-other (a 1.25 SuperNode and a 1.42 SuperLink speak different transports, so each only retries).
+Each pattern below is a line a real SuperNode (or its paired SuperExec) printed. What the logs
+cannot tell: a 1.25 SuperNode and a 1.42 SuperLink speak different transports, so each side's
+SuperNode only retries (SUPERLINK_UNREACHABLE), and a 1.41 SuperNode connects to a 1.42
+SuperLink without a word; the version check that speaks is the SuperNode <-> SuperExec one of
+process isolation (1.30 on).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class SupernodeStatus(StrEnum):
     AUTH_REJECTED = "AUTH_REJECTED"
     VERSION_MISMATCH = "VERSION_MISMATCH"
     EXITED = "EXITED"
-    """It printed an exit code this table does not explain (1.42 prints "Exit Code: N")."""
+    """It said it stopped: an exit code this table does not explain (1.42 prints "Exit Code:
+    N"), or "terminated gracefully" (1.42, after a SuperLink restarted without its database
+    refused the node's next request)."""
 
 
 _STICKY = frozenset(
@@ -55,9 +58,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], SupernodeStatus], ...] = (
     (re.compile(r"CERTIFICATE_VERIFY_FAILED"), SupernodeStatus.TLS_ERROR),
     (re.compile(r"SSL/TLS handshake error"), SupernodeStatus.TLS_ERROR),
     (re.compile(r"Handshake failed with error SSL_ERROR"), SupernodeStatus.TLS_ERROR),
-    # source, 1.30 on: a peer of another major.minor (warning, or exit code 606).
+    # 1.42 SuperNode with a 1.41 SuperExec: the SuperNode's API error, the SuperExec's exit.
     (re.compile(r"runtime version mismatch"), SupernodeStatus.VERSION_MISMATCH),
     (re.compile(r"Exit Code: 606\b"), SupernodeStatus.VERSION_MISMATCH),
+    (re.compile(r"SuperNode terminated gracefully"), SupernodeStatus.EXITED),
 )
 _EXIT = re.compile(r"Exit Code: \d+")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -110,6 +110,7 @@ class Federation:
         image_version: str | None = None,
         superlink: str | None = None,
         ca: Path | None = None,
+        isolation: str = "subprocess",
     ) -> str:
         """A SuperNode with the node's key, dialing the SuperLink's fleet endpoint of its own
         release (or `superlink`), trusting the federation's CA (or `ca`)."""
@@ -120,7 +121,7 @@ class Federation:
             superlink=superlink or flower.fleet_endpoint(version, self.superlink_host),
             insecure=False,
             root_certificates="/ca/ca.crt",
-            isolation="subprocess",
+            isolation=isolation,
             node_config=None,
             max_retries=0,
             max_wait_time=0,
@@ -130,9 +131,20 @@ class Federation:
         volumes += ["-v", f"{self.workdir / 'keys' / node}:/key:ro"]
         return self._run(node, volumes, [f"flwr/supernode:{version}", *args])
 
+    def start_superexec(self, node: str, *, image_version: str | None = None) -> str:
+        """The ClientApp SuperExec paired with SuperNode `node` (started with isolation
+        "process"), in that SuperNode's network namespace: it dials the SuperNode's local
+        ClientAppIO/Runtime API on 127.0.0.1, as the appliance's pair does on the host network."""
+        version = image_version or self.version
+        args = flower.superexec_args(version=version)
+        network = ["--network", f"container:{self.name(node)}"]
+        entry = ["--entrypoint", "flower-superexec", f"flwr/supernode:{version}", *args]
+        return self._run(f"{node}-superexec", network, entry)
+
     def _run(self, role: str, *parts: list[str]) -> str:
-        argv = ["run", "-d", "--name", self.name(role), "--network", self.network]
-        argv += ["--network-alias", self.name(role), "-e", "FLWR_TELEMETRY_ENABLED=0"]
+        argv = ["run", "-d", "--name", self.name(role), "-e", "FLWR_TELEMETRY_ENABLED=0"]
+        if parts[0][:1] != ["--network"]:
+            argv += ["--network", self.network, "--network-alias", self.name(role)]
         for part in parts:
             argv += part
         docker(*argv)
