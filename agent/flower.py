@@ -1,8 +1,10 @@
-"""The Flower versions the agent supports and each one's `flower-supernode` contract.
+"""The Flower versions the agent supports and each one's command-line contract.
 
-One table, keyed by major.minor, is the single source of truth for the SuperNode's arguments,
-the SuperLink's fleet port and the image naming. Facts: ENVIRONMENT.md "Flower" and
-reference/user-pain.md section 7.
+One table, keyed by major.minor, is the single source of truth for the arguments of
+`flower-supernode`, `flower-superlink`, the ClientApp `flower-superexec` and the `flwr supernode
+register/unregister` calls of node authentication, the SuperLink's ports and the image naming.
+Facts: docs/flower-versions.md (real --help of 1.25.0 and 1.42.0 in
+tests/fixtures/flower-help/, the wheels' parsers for the rows between).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class FlowerRelease:
     """How `flower-superexec` names the API it pulls tasks from (--appio-api-address to 1.35)."""
     superexec_plugin_type: bool = False
     """`--plugin-type clientapp` is required up to 1.37; hidden and ignored from 1.38."""
+    superlink_storage_dir: bool = False
+    """`flower-superlink --storage-dir` (where FABs are kept, default under $HOME/.flwr) exists up
+    to 1.28; from 1.29 everything lives in --database."""
     node_auth: str = "register"
     """SuperNode authentication: "register" = SuperLink --enable-supernode-auth (TLS and the
     gRPC-rere fleet type required, the default), keys registered with `flwr supernode register`
@@ -71,13 +76,24 @@ RELEASES: tuple[FlowerRelease, ...] = (
         cli_config_toml=False,
         superexec_address_flag=_APPIO,
         superexec_plugin_type=True,
+        superlink_storage_dir=True,
     ),
     FlowerRelease(
         (1, 26),
-        (1, 34),
+        (1, 28),
         9092,
         "grpc-rere",
         "Fleet API over gRPC on 9092",
+        superexec_address_flag=_APPIO,
+        superexec_plugin_type=True,
+        superlink_storage_dir=True,
+    ),
+    FlowerRelease(
+        (1, 29),
+        (1, 34),
+        9092,
+        "grpc-rere",
+        "SuperLink's --storage-dir gone (FABs kept in --database)",
         superexec_address_flag=_APPIO,
         superexec_plugin_type=True,
     ),
@@ -139,6 +155,7 @@ HTTP_PORT = 8000
 """The SuperLink's HTTP port (Runtime API from 1.35, Control from 1.37, Fleet from 1.40)."""
 SERVERAPPIO_PORT = 9091
 """The SuperLink's ServerAppIO API (gRPC) up to 1.34."""
+SUPERLINK_DATABASE = "superlink.db"
 
 SUPEREXEC_SAME_MINOR_FROM = (1, 30)
 
@@ -259,15 +276,16 @@ def superlink_args(
     *,
     version: str,
     tls: ServerTlsPaths | None,
-    database: str,
+    state_dir: str,
     node_auth: bool,
     bind_host: str = "0.0.0.0",
 ) -> list[str]:
     """The `flower-superlink` argv for a SuperLink that SuperNodes on other VMs reach.
 
     Every API listens on `bind_host` (1.35 on, the HTTP API defaults to 127.0.0.1, out of
-    reach). `database` is the SQLite file that keeps runs and registered nodes across
-    restarts (in memory without it). SuperNode authentication needs TLS in every release.
+    reach). `state_dir` (persistent, writable by the container's user) holds the SQLite
+    database that keeps runs and registered nodes across restarts (in memory without it) and,
+    up to 1.28, the FAB store. SuperNode authentication needs TLS in every release.
     """
     release = _release(version)
     if node_auth and tls is None:
@@ -277,7 +295,9 @@ def superlink_args(
     else:
         args = ["--ssl-ca-certfile", tls.ca_cert, "--ssl-certfile", tls.cert]
         args += ["--ssl-keyfile", tls.key]
-    args += ["--database", database]
+    args += ["--database", f"{state_dir}/{SUPERLINK_DATABASE}"]
+    if release.superlink_storage_dir:
+        args += ["--storage-dir", f"{state_dir}/ffs"]
     if node_auth:
         args.append("--enable-supernode-auth")
     if release.runtime_host_port:
@@ -341,11 +361,15 @@ def cli_connection(version: str, address: str, root_certificates: str | None) ->
     ("config.toml", ...) under $FLWR_HOME from 1.26, ("pyproject.toml", ...) of an app
     directory for 1.25 (a minimal app: the CLI only loads it for its federation table).
     """
-    tls = f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true"
+    tls = (
+        f"root-certificates = {json.dumps(root_certificates)}"
+        if root_certificates
+        else "insecure = true"
+    )
     if _release(version).cli_config_toml:
         text = (
             f'[superlink]\ndefault = "{CLI_CONNECTION}"\n\n'
-            f'[superlink.{CLI_CONNECTION}]\naddress = "{address}"\n{tls}\n'
+            f"[superlink.{CLI_CONNECTION}]\naddress = {json.dumps(address)}\n{tls}\n"
         )
         return "config.toml", text
     text = (
@@ -354,6 +378,6 @@ def cli_connection(version: str, address: str, root_certificates: str | None) ->
         '[tool.flwr.app]\npublisher = "fl-agent"\n\n'
         '[tool.flwr.app.components]\nserverapp = "none:app"\nclientapp = "none:app"\n\n'
         f'[tool.flwr.federations]\ndefault = "{CLI_CONNECTION}"\n\n'
-        f'[tool.flwr.federations.{CLI_CONNECTION}]\naddress = "{address}"\n{tls}\n'
+        f"[tool.flwr.federations.{CLI_CONNECTION}]\naddress = {json.dumps(address)}\n{tls}\n"
     )
     return "pyproject.toml", text

@@ -64,7 +64,7 @@ class Federation:
         (cli / filename).write_text(text)
         paths = flower.ServerTlsPaths("/tls/ca.crt", "/tls/server.crt", "/tls/server.key")
         args = flower.superlink_args(
-            version=self.version, tls=paths, database="/state/state.db", node_auth=True
+            version=self.version, tls=paths, state_dir="/state", node_auth=True
         )
         self._run(
             SUPERLINK,

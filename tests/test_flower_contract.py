@@ -31,7 +31,7 @@ def flags(argv: list[str]) -> set[str]:
 
 
 def superlink(version: str) -> list[str]:
-    return flower.superlink_args(version=version, tls=TLS, database="/s/db", node_auth=True)
+    return flower.superlink_args(version=version, tls=TLS, state_dir="/s", node_auth=True)
 
 
 def supernode(version: str) -> list[str]:
@@ -103,15 +103,16 @@ def test_superlink_binds_every_api_outside_the_vm(version, expected):
     args = superlink(version)
     start = args.index(expected[0])
     assert args[start : start + len(expected)] == expected
-    assert args[args.index("--database") + 1] == "/s/db"
+    assert args[args.index("--database") + 1] == "/s/superlink.db"
+    assert ("--storage-dir" in args) is (version == "1.25.0")
     assert "--enable-supernode-auth" in args
     assert ("--control-api-address" in args) is (version == "1.25.0")
 
 
 def test_node_auth_without_tls_is_refused():
     with pytest.raises(ValueError, match="TLS"):
-        flower.superlink_args(version="1.42.0", tls=None, database="/d", node_auth=True)
-    assert flower.superlink_args(version="1.42.0", tls=None, database="/d", node_auth=False)[
+        flower.superlink_args(version="1.42.0", tls=None, state_dir="/d", node_auth=True)
+    assert flower.superlink_args(version="1.42.0", tls=None, state_dir="/d", node_auth=False)[
         :1
     ] == ["--insecure"]
 
