@@ -84,10 +84,18 @@ class Federation:
         return key
 
     def register(self, node: str) -> int | None:
-        """`flwr supernode register` of the node's public key, inside the SuperLink container
-        (the CLI writes into its connection directory: a copy in /tmp)."""
+        """`flwr supernode register` of the node's public key; the node id, or None."""
         self.node_key(node)
         argv = flower.register_node_args(self.version, f"/keys/{node}/node.pub", "/tmp/cli")
+        return flower.registered_node_id(self._flwr(argv))
+
+    def unregister(self, node_id: int) -> str:
+        """`flwr supernode unregister`; what it printed."""
+        return self._flwr(flower.unregister_node_args(self.version, node_id, "/tmp/cli"))
+
+    def _flwr(self, argv: list[str]) -> str:
+        """The `flwr` CLI inside the SuperLink container (it writes into its connection
+        directory: a fresh copy in /tmp)."""
         done = docker(
             "exec",
             "-e",
@@ -101,7 +109,7 @@ class Federation:
             "flwr",
             *argv,
         )
-        return flower.registered_node_id(done.stdout)
+        return done.stdout
 
     def start_supernode(
         self,

@@ -53,6 +53,16 @@ def test_registered_node_connects_and_an_unregistered_one_is_refused(federation)
     assert f"node_id={node_id}" in superlink  # the member's activation or its pulls
 
 
+def test_an_unregistered_node_is_refused_again(federation):
+    """A VM that left the service: its key is unregistered by node id and the SuperLink
+    refuses that key from then on."""
+    node_id = federation.register("leaver")
+    assert '"success": true' in federation.unregister(node_id)
+    federation.start_supernode("leaver")
+    log = federation.wait_for("leaver", "No SuperNode found|Failed to activate SuperNode")
+    assert classify(log).status is SupernodeStatus.AUTH_REJECTED
+
+
 def test_wrong_ca_is_a_tls_error(federation, tmp_path):
     other = tls.TlsFiles(tmp_path / "other-ca")
     tls.ensure_server_tls(other, tls.wanted_sans((), federation.superlink_host))
