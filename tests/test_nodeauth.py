@@ -121,3 +121,10 @@ def test_registration_diff():
     diff = nodeauth.registration_diff(frozenset({A, B}), {B: 12, C: 13})
     assert diff == nodeauth.RegistrationDiff(register=(A,), unregister=(13,))
     assert nodeauth.registration_diff(frozenset({A}), {A: 1}) == nodeauth.RegistrationDiff((), ())
+
+
+def test_key_dir_lives_under_the_root_prefix(tmp_path):
+    from agent.paths import Root
+
+    key = nodeauth.ensure_node_key(nodeauth.node_key_dir(Root(tmp_path)))
+    assert key.private_key == tmp_path / "var/lib/fl-agent/node-key/node.key"

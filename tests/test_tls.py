@@ -185,3 +185,11 @@ def _material(files: tls.TlsFiles) -> tuple[bytes, bytes, bytes]:
     """A CA, a certificate it signed and that certificate's key, as an operator would bring."""
     tls.ensure_server_tls(files, SANS, now=NOW)
     return files.ca_cert.read_bytes(), files.server_cert.read_bytes(), files.server_key.read_bytes()
+
+
+def test_files_live_under_the_root_prefix(tmp_path):
+    from agent.paths import Root
+
+    own, operator = tls.tls_files(Root(tmp_path)), tls.operator_tls_files(Root(tmp_path))
+    assert own.ca_key == tmp_path / "var/lib/fl-agent/tls/ca.key"
+    assert operator.server_key == tmp_path / "var/lib/fl-agent/tls/operator/server.key"
