@@ -1,8 +1,9 @@
 """A real Flower federation on the Docker engine, built from the agent's own contract.
 
-A SuperLink and SuperNodes of one release run in the image flwr/supernode:<version>
-(images/build-supernode.sh), on a bridge network of their own, with the CA and certificate
-from agent/tls.py, the node keys from agent/nodeauth.py and the argv from agent/flower.py.
+A SuperLink and SuperNodes of one release run in the image flwr/supernode:<version>, or
+fl-agent/supernode:<version> where an app must train (images/build-supernode.sh), on a bridge
+network of their own, with the CA and certificate from agent/tls.py, the node keys from
+agent/nodeauth.py and the argv from agent/flower.py.
 Every container and the network carry a per-run prefix and are removed by `close()`.
 
 Used by tests/test_federation_docker.py and scripts/record_supernode_logs.py.
@@ -23,18 +24,24 @@ from agent import flower, nodeauth, tls
 FLOWER_USER = (49999, 49999)
 """The flwr images' non-root user: it must read the keys mounted into its containers."""
 SUPERLINK = "superlink"
+APP = Path(__file__).resolve().parent.parent / "examples" / "app"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+def docker(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
 
 
 class Federation:
     """One SuperLink (TLS, SuperNode authentication on) and any number of SuperNodes."""
 
-    def __init__(self, version: str, workdir: Path) -> None:
+    def __init__(self, version: str, workdir: Path, repository: str = "flwr/supernode") -> None:
         self.version = version
+        self.repository = repository
         self.workdir = workdir
         self.prefix = f"fl-agent-test-fed-{uuid.uuid4().hex[:8]}"
         self.network = self.prefix
@@ -62,6 +69,11 @@ class Federation:
             self.version, flower.control_endpoint(self.version, "127.0.0.1"), "/tls/ca.crt"
         )
         (cli / filename).write_text(text)
+        app = self.workdir / "app"
+        shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", ".flwr"))
+        if filename == "pyproject.toml":  # 1.25: the app carries its federation
+            with (app / "pyproject.toml").open("a") as out:
+                out.write("\n" + text[text.index("[tool.flwr.federations]") :])
         paths = flower.ServerTlsPaths("/tls/ca.crt", "/tls/server.crt", "/tls/server.key")
         args = flower.superlink_args(
             version=self.version, tls=paths, state_dir="/state", node_auth=True
@@ -70,12 +82,16 @@ class Federation:
             SUPERLINK,
             ["-v", f"{self.tls.directory}:/tls:ro", "-v", f"{state}:/state"],
             ["-v", f"{cli}:/cli:ro", "-v", f"{self.workdir / 'keys'}:/keys:ro"],
+            ["-v", f"{app}:/app-src:ro"],
             ["--entrypoint", "flower-superlink", self.image, *args],
         )
 
     @property
     def image(self) -> str:
-        return f"flwr/supernode:{self.version}"
+        return self.image_of(self.version)
+
+    def image_of(self, version: str) -> str:
+        return f"{self.repository}:{version}"
 
     def node_key(self, node: str) -> nodeauth.NodeKey:
         directory = self.workdir / "keys" / node
@@ -87,16 +103,37 @@ class Federation:
         """`flwr supernode register` of the node's public key; the node id, or None."""
         self.node_key(node)
         argv = flower.register_node_args(self.version, f"/keys/{node}/node.pub", "/tmp/cli")
-        return flower.registered_node_id(self._flwr(argv))
+        return flower.registered_node_id(self._flwr(argv, "/tmp/cli").stdout)
 
     def unregister(self, node_id: int) -> str:
         """`flwr supernode unregister`; what it printed."""
-        return self._flwr(flower.unregister_node_args(self.version, node_id, "/tmp/cli"))
+        argv = flower.unregister_node_args(self.version, node_id, "/tmp/cli")
+        return self._flwr(argv, "/tmp/cli").stdout
 
-    def _flwr(self, argv: list[str]) -> str:
-        """The `flwr` CLI inside the SuperLink container (it writes into its connection
-        directory: a fresh copy in /tmp)."""
-        done = docker(
+    def run_app(self) -> str:
+        """`flwr run` of the reference app (examples/app) through the SuperLink's Control API:
+        its streamed output once the run has finished."""
+        try:
+            done = self._flwr(["run", ".", flower.CLI_CONNECTION, "--stream"], "/tmp/app", 300)
+        except subprocess.TimeoutExpired as exc:
+            logs = "\n".join(f"--- {r}\n{self.logs(r)[-3000:]}" for r in self._roles())
+            raise AssertionError(f"flwr run did not finish in 300 s\n{logs}") from exc
+        return done.stdout + done.stderr
+
+    def _roles(self) -> list[str]:
+        names = docker("ps", "-a", "--format", "{{.Names}}", "--filter", f"name={self.prefix}-")
+        return [n.removeprefix(f"{self.prefix}-") for n in names.stdout.split()]
+
+    def _flwr(
+        self, argv: list[str], cwd: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """The `flwr` CLI inside the SuperLink container, in `cwd` (it writes into its
+        connection and app directories: fresh copies in /tmp)."""
+        script = (
+            "rm -rf /tmp/cli /tmp/app && cp -r /cli /tmp/cli && cp -r /app-src /tmp/app"
+            f' && cd {cwd} && exec flwr "$@"'
+        )
+        return docker(
             "exec",
             "-e",
             "FLWR_HOME=/tmp/cli",
@@ -105,11 +142,12 @@ class Federation:
             self.name(SUPERLINK),
             "sh",
             "-c",
-            'rm -rf /tmp/cli && cp -r /cli /tmp/cli && cd /tmp/cli && exec flwr "$@"',
+            script,
             "flwr",
             *argv,
+            check=False,
+            timeout=timeout,
         )
-        return done.stdout
 
     def start_supernode(
         self,
@@ -119,6 +157,7 @@ class Federation:
         superlink: str | None = None,
         ca: Path | None = None,
         isolation: str = "subprocess",
+        node_config: str | None = None,
     ) -> str:
         """A SuperNode with the node's key, dialing the SuperLink's fleet endpoint of its own
         release (or `superlink`), trusting the federation's CA (or `ca`)."""
@@ -130,14 +169,14 @@ class Federation:
             insecure=False,
             root_certificates="/ca/ca.crt",
             isolation=isolation,
-            node_config=None,
+            node_config=node_config,
             max_retries=0,
             max_wait_time=0,
             auth_private_key="/key/node.key",
         )
         volumes = ["-v", f"{ca or self.tls.ca_cert}:/ca/ca.crt:ro"]
         volumes += ["-v", f"{self.workdir / 'keys' / node}:/key:ro"]
-        return self._run(node, volumes, [f"flwr/supernode:{version}", *args])
+        return self._run(node, volumes, [self.image_of(version), *args])
 
     def start_superexec(self, node: str, *, image_version: str | None = None) -> str:
         """The ClientApp SuperExec paired with SuperNode `node` (started with isolation
@@ -146,7 +185,7 @@ class Federation:
         version = image_version or self.version
         args = flower.superexec_args(version=version)
         network = ["--network", f"container:{self.name(node)}"]
-        entry = ["--entrypoint", "flower-superexec", f"flwr/supernode:{version}", *args]
+        entry = ["--entrypoint", "flower-superexec", self.image_of(version), *args]
         return self._run(f"{node}-superexec", network, entry)
 
     def _run(self, role: str, *parts: list[str]) -> str:

@@ -97,3 +97,31 @@ def test_process_isolation_pair_runs(federation):
     assert running == "true", federation.logs("member-superexec")
     assert classify(federation.logs("member")).status is SupernodeStatus.CONNECTED
     assert classify(federation.logs("member-superexec")).status is SupernodeStatus.STARTING
+
+
+@pytest.fixture(params=["1.25.0", "1.42.0"])
+def training_federation(request, tmp_path):
+    """As `federation`, on the images that carry the reference app's dependencies."""
+    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), request.param], check=True)
+    fed = Federation(request.param, tmp_path, repository="fl-agent/supernode")
+    try:
+        fed.start_superlink()
+        fed.wait_for("superlink", "Starting Flower SuperExec")
+        yield fed
+    finally:
+        fed.close()
+
+
+def test_process_isolation_trains(training_federation):
+    """`flwr run` of the reference app completes its two rounds on a SuperNode with
+    `--isolation process`, its ClientApps run by the paired SuperExec; TLS and node
+    authentication on."""
+    fed = training_federation
+    fed.register("member")
+    fed.start_supernode("member", isolation="process", node_config="partition-id=0")
+    fed.wait_for("member", r"SuperNode ID: \d+")
+    fed.start_superexec("member")
+    out = fed.run_app()
+    assert "fl-demo result: rounds=2" in out, out
+    clientapp = fed.logs("member-superexec")
+    assert "fl-demo round 2 node" in out + clientapp, clientapp
