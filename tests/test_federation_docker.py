@@ -25,16 +25,21 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["1.25.0", "1.42.0"])
-def federation(request, tmp_path):
-    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), request.param], check=True)
-    fed = Federation(request.param, tmp_path)
+def _started(version: str, workdir: Path, repository: str):
+    """A federation whose SuperLink is up; everything it made is removed afterwards."""
+    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), version], check=True)
+    fed = Federation(version, workdir, repository=repository)
     try:
         fed.start_superlink()
         fed.wait_for("superlink", "Starting Flower SuperExec")
         yield fed
     finally:
         fed.close()
+
+
+@pytest.fixture(params=["1.25.0", "1.42.0"])
+def federation(request, tmp_path):
+    yield from _started(request.param, tmp_path, "flwr/supernode")
 
 
 def test_registered_node_connects_and_an_unregistered_one_is_refused(federation):
@@ -102,14 +107,7 @@ def test_process_isolation_pair_runs(federation):
 @pytest.fixture(params=["1.25.0", "1.42.0"])
 def training_federation(request, tmp_path):
     """As `federation`, on the images that carry the reference app's dependencies."""
-    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), request.param], check=True)
-    fed = Federation(request.param, tmp_path, repository="fl-agent/supernode")
-    try:
-        fed.start_superlink()
-        fed.wait_for("superlink", "Starting Flower SuperExec")
-        yield fed
-    finally:
-        fed.close()
+    yield from _started(request.param, tmp_path, "fl-agent/supernode")
 
 
 def test_process_isolation_trains(training_federation):
