@@ -158,7 +158,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     root = _root(args)
     record = read_state(root)
-    data: dict = {"last_boot": record}
+    data: dict = {"last_boot": record, "watch": _watch_status(root)}
     if args.remote:
         data["remote"] = _remote_status(root, args.context_file)
     _emit(data, args.json, _status_text)
@@ -183,17 +183,69 @@ def _remote_status(root, context_file: Path | None) -> dict:
         return {"error": str(exc.first)}
 
 
+def _watch_status(root) -> dict | None:
+    """The watch's view (health, last XID, GPU access, SuperNode status), when it has run."""
+    from agent.watch import WatchState, read_watch_state, status_attributes
+
+    data = read_watch_state(root)
+    if data is None:
+        return None
+    try:
+        shown = status_attributes(WatchState.from_dict(data))
+    except (TypeError, ValueError, KeyError):
+        return {"error": "the watch state is unreadable"}
+    loss = data.get("gpu_loss") or {}
+    return {
+        "updated_at": data.get("updated_at"),
+        "attributes": shown,
+        "supernode_evidence": (data.get("supernode") or {}).get("evidence") or None,
+        "gpu_loss": loss if loss.get("observations") else None,
+        "problems": data.get("problems") or [],
+    }
+
+
 def _status_text(data: dict) -> str:
     record = data["last_boot"]
     text = _outcome_text(record) if record else "no boot has run yet\n"
     if record:
         text = f"last boot: {record.get('finished_at')}\n" + text
+    watch = data.get("watch")
+    if watch is not None:
+        text += f"watch: {watch.get('updated_at') or watch.get('error')}\n"
+        text += "".join(f"  {k}={v}\n" for k, v in (watch.get("attributes") or {}).items())
+        if watch.get("supernode_evidence"):
+            text += f"  supernode log: {watch['supernode_evidence']}\n"
+        if watch.get("gpu_loss"):
+            loss = watch["gpu_loss"]
+            text += (
+                f"  gpu loss: {';'.join(loss['uuids'])} on {loss['observations']} observations"
+                f"{' (confirmed)' if loss.get('confirmed') else ''} since {loss['since']}\n"
+            )
+        text += "".join(f"  problem: {p['name']}: {p['message']}\n" for p in watch["problems"])
     remote = data.get("remote")
     if remote is not None:
         rows = {k: v for k, v in remote.items() if k != "attributes"}
         rows.update(remote.get("attributes", {}))
         text += "OneGate:\n" + "".join(f"  {k}={v}\n" for k, v in rows.items())
     return text
+
+
+# --- watch ---
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Runs until SIGTERM (exit 0); `--once`: one observation, exit 0."""
+    from agent.watch import run
+
+    if args.interval <= 0:
+        print("fl-agent watch: --interval must be positive", file=sys.stderr)
+        return ExitCode.INVALID
+    state = run(
+        _root(args), interval_s=args.interval, context_file=args.context_file, once=args.once
+    )
+    if args.once:
+        _emit(state.to_dict(), args.json, lambda d: json.dumps(d, indent=2) + "\n")
+    return ExitCode.OK
 
 
 # --- validate ---
@@ -431,6 +483,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", action="store_true", help="also what OneGate holds for this VM")
     context_file(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "watch", help="life after boot: GPU health, the SuperNode's GPU access and its status"
+    )
+    context_file(p)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds between full observations; NVML events are reported at once (default 60)",
+    )
+    p.add_argument("--once", action="store_true", help="one observation, then exit")
+    p.add_argument("--json", action="store_true", help="with --once: print the state")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
         "trust", help="the SuperLink endpoint and CA pinned at the first boot vs OneGate's"

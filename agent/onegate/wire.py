@@ -38,6 +38,17 @@ ATTRIBUTES: Mapping[str, str] = {
     "FL_SUPERNODE_IMAGE": "the SuperNode container image",
     "FL_FLOWER_VERSION": "the Flower version the SuperNode runs",
     "FL_AGENT_VERSION": "the fl-agent version",
+    "FL_GPU_HEALTH": "OK, WARNING or FAILED: the GPUs' health after boot (fl-agent watch)",
+    "FL_GPU_HEALTH_DETAIL": "the health findings, worst first, ';'-separated",
+    "FL_GPU_LAST_XID": "the newest NVIDIA XID error since the VM booted",
+    "FL_GPU_LAST_XID_TIME": "when the watch received it (ISO 8601, UTC)",
+    "FL_GPU_LAST_XID_ACTION": "its action class: none, restart_app, reboot_vm, restart_host, "
+    "contact_support or unknown",
+    "FL_GPU_ACCESS": "OK, LOST_ACCESS:<reason>, UNCHECKED or NOT_RUNNING: the SuperNode "
+    "container's own view of its GPUs",
+    "FL_GPU_ACCESS_REPAIR": "the last repair of lost GPU access: what, when, and its result",
+    "FL_SUPERNODE_STATUS": "the SuperNode's connection state read from its log: CONNECTED, "
+    "RECONNECTING, SUPERLINK_UNREACHABLE, TLS_ERROR, AUTH_REJECTED, VERSION_MISMATCH, ...",
     "FL_NODE_READY": "YES with READY (the community appliance's readiness attribute)",
     "READY": "YES once the SuperNode container runs: OneFlow's ready_status_gate",
 }
