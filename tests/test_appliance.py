@@ -325,6 +325,8 @@ class ApplianceVM:
                 "one-context",
                 "-u",
                 "fl-agent-revalidate",
+                "-u",
+                "fl-agent-watch",
             ],
             capture_output=True,
             text=True,
@@ -404,6 +406,33 @@ def assert_marketplace_checks(vm: ApplianceVM, docker_client) -> None:
     assert appliance.READY_MARKER in vm.read(appliance.MOTD)
 
 
+def assert_watch_lives(vm: ApplianceVM, onegate, vm_id: int) -> None:
+    """The watch unit runs beside the node and reports what the SuperNode's log says; systemd
+    brings it back after a SIGKILL; a stop ends it cleanly (SIGTERM, exit 0)."""
+    unit = "fl-agent-watch.service"
+    assert vm.sh("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+    deadline = time.monotonic() + 60
+    while "FL_SUPERNODE_STATUS" not in onegate.user_template(vm_id):
+        assert time.monotonic() < deadline, vm.journal()
+        time.sleep(0.5)
+    first = vm.show(unit, "ActiveState", "MainPID")
+    assert first["ActiveState"] == "active" and first["MainPID"] != "0"
+    vm.sh("systemctl", "kill", "--signal=SIGKILL", unit)
+    deadline = time.monotonic() + 30  # RestartSec=5s
+    while True:
+        now = vm.show(unit, "ActiveState", "MainPID", "NRestarts")
+        if now["ActiveState"] == "active" and now["MainPID"] not in ("0", first["MainPID"]):
+            break
+        assert time.monotonic() < deadline, f"{now}{vm.journal()}"
+        time.sleep(0.5)
+    assert now["NRestarts"] == "1"
+    vm.sh("systemctl", "stop", unit, timeout=60)
+    stopped = vm.show(unit, "ActiveState", "Result", "ExecMainStatus")
+    assert stopped == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    assert "READY" in onegate.user_template(vm_id)  # never the watch's to touch
+    vm.sh("systemctl", "start", unit)
+
+
 @pytest.mark.docker
 def test_appliance_boots_converges_on_reconfigure_and_passes_marketplace_checks(
     vm_factory, onegate, superlink, standin_images, docker_client, no_supernode
@@ -438,6 +467,7 @@ def test_appliance_boots_converges_on_reconfigure_and_passes_marketplace_checks(
     template = onegate.user_template(vm_id)
     assert template["READY"] == "YES" and template["FL_STATE"] == "RUNNING"
     assert_marketplace_checks(vm, docker_client)
+    assert_watch_lives(vm, onegate, vm_id)
 
     # A second boot (the VM reboots; the context is the same) changes nothing.
     vm.reboot()

@@ -222,7 +222,7 @@ def test_watch_unit_verifies_clean_enabled(unit_root, tmp_path):
 
 
 def test_watch_unit_is_long_running_and_always_restarted_after_the_boot_unit():
-    """The `watch` subcommand lands with the watch loop: here the unit's own contract."""
+    """The unit's contract; the image enables it and the CLI has the command it runs."""
     unit = unit_settings(UNITS / "fl-agent-watch.service")
     assert unit["Type"] == ["simple"] and unit["Restart"] == ["always"]
     assert unit["RestartSec"] and unit["RestartSec"][0] not in ("0", "0s")
@@ -232,6 +232,10 @@ def test_watch_unit_is_long_running_and_always_restarted_after_the_boot_unit():
     assert unit["ExecStart"] == ["/opt/fl-agent/venv/bin/fl-agent watch"]
     assert unit["TimeoutStopSec"] and unit["WantedBy"] == ["multi-user.target"]
     assert "RemainAfterExit" not in unit
+    assert "fl-agent-watch.service" in (REPO / "packer/scripts/40-agent.sh").read_text()
+    from agent.cli import build_parser
+
+    assert build_parser().parse_args(["watch"]).interval == 60.0
 
 
 # --- the one-context hook ---
