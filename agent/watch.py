@@ -372,7 +372,10 @@ class Watch:
         _log().info("watch started", interval_s=self.interval_s, state_dir=str(self.root.state_dir))
         try:
             while not self.stopping:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception as exc:  # a record or answer nobody foresaw: next tick
+                    self._problem("watch_tick_failed", "watch", f"{type(exc).__name__}: {exc}")
                 if once:
                     return
                 self._wait(time.monotonic() + self.interval_s)
