@@ -1,26 +1,41 @@
-"""`fl-agent boot`: read everything, decide, then act.
+"""`fl-agent boot`: observe, evaluate, plan, apply; in that order, and nothing else.
 
-context -> config -> (docker, discovery, image, validation) -> plan -> converge -> outcome.
-Every boot ends in a terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the
-appliance report and, when OneGate is configured, in OneGate; READY=YES only once the
-container runs, never for a FAILED node.
+- `observe` reads everything: the context and the platform, the validated config, the engine,
+  the GPU, toolkit and image facts, discovery (the SuperLink, its CA). It writes nothing.
+- `evaluate` turns the facts into the validation report (agent/validation/), changing nothing;
+  its container and framework stages start probe containers, which they always remove.
+- `make_plan` (agent/plan.py, pure) decides GPU or CPU, the container spec and the actions.
+- `apply` performs the actions and returns the outcome: the terminal report (RUNNING,
+  DEGRADED or FAILED) in the state file, in the appliance report and, when OneGate is
+  configured, in OneGate; READY=YES only once the container runs, never for a FAILED node.
+
+`--dry-run` stops before apply: no file under the root is created, changed or removed, no
+container, no pull, no report; the exit code is the one the plan leads to. Progress reports
+(BOOTING ... STARTING) go to OneGate as the boot goes; a periodic re-convergence sends only the
+outcome, so READY stays while the node keeps running.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from agent import __version__, log
-from agent.config import Config, build_config
+from agent import log
+from agent.config import Config
+from agent.context import Platform
 from agent.errors import AgentError, Problem
+from agent.outcome import TERMINAL, BootState, ExitCode, Mode, Verdict, problem
 from agent.paths import Root
-from agent.plan import GpuVerdict, Plan, PlanInputs, make_plan
+from agent.plan import ActionKind, GpuVerdict, ImageFacts, Plan, PlanInputs, make_plan
+from agent.record import BootRecord, now
 
-EXIT_CODES = {"RUNNING": 0, "FAILED": 1, "INVALID": 2, "DEGRADED": 3}
-TERMINAL_STATES = ("RUNNING", "DEGRADED", "FAILED")
+if TYPE_CHECKING:
+    from agent.discovery import Discovery
+    from agent.engine import ConvergeResult, Engine
+    from agent.validation import Observed, ValidationReport
 
 
 @dataclass(frozen=True)
@@ -37,121 +52,211 @@ class BootOptions:
     onegate_timeout_s: float = 10.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What a boot decided and did; `record` is what the state file holds."""
+    """What a boot decided and did (or, dry, would do)."""
 
-    state: str  # RUNNING | DEGRADED | FAILED | INVALID | PLANNED (dry run)
-    record: dict = field(default_factory=dict)
+    record: BootRecord
+    plan: Plan | None = None
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.state, 0)
+    def state(self) -> BootState:
+        return self.record.state
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.record.exit_code
 
 
-class _Run:
-    """One boot: collects timings and problems into the record as it goes."""
+@dataclass(frozen=True)
+class Facts:
+    """Everything observe read. `blocking`: what stops the node before any plan of a spec
+    (an invalid config, no engine, discovery that failed)."""
 
-    def __init__(self, root: Root, options: BootOptions) -> None:
-        self.root = root
+    platform: Platform
+    config: Config | None
+    context_source: str | None = None
+    blocking: tuple[Problem, ...] = ()
+    invalid_config: bool = False
+    observed: Observed | None = None  # GPU, toolkit and image facts
+    discovery: Discovery | None = None
+    data_dir_host: str = ""  # FL_DATA_DIR under the root
+    data_dir_exists: bool = True
+    ca_host_path: str = ""  # where the CA goes under the root
+
+
+def boot(
+    root: Root, context_file: Path | None = None, options: BootOptions | None = None
+) -> Outcome:
+    """Run one boot (under the lock unless dry) and return its outcome; never raises for bad
+    input."""
+    from agent.state import boot_lock
+
+    session = Session(root, options or BootOptions())
+    if session.options.dry_run:  # the lock file would be a change under the root
+        return _run(session, context_file)
+    try:
+        with boot_lock(root, wait_s=session.options.lock_wait_s):
+            return _run(session, context_file)
+    except AgentError as exc:  # another boot holds the lock
+        return Outcome(
+            BootRecord(BootState.FAILED, session.started_at, now(), problems=exc.problems)
+        )
+
+
+def _run(session: Session, context_file: Path | None) -> Outcome:
+    facts = observe(session, context_file)
+    report = evaluate(session, facts)
+    plan = plan_boot(facts, report)
+    if session.options.dry_run:
+        return session.outcome(plan, facts, report, plan.state, dry_run=True)
+    return apply(session, plan, facts, report)
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class Progress:
+    """State changes to OneGate, one request each, never waiting past their budget."""
+
+    def __init__(self, reporter, options: BootOptions) -> None:
+        self.reporter = reporter
         self.options = options
-        self.started = time.monotonic()
-        self.record: dict = {
-            "agent_version": __version__,
-            "started_at": _now(),
-            "timings_ms": {},
-            "problems": [],
-        }
-        self.reporter = None
-        self.logger = log.get("boot")
+        self.last: BootState | None = None
 
-    def timed(self, name: str, func: Callable, *args, **kwargs):
-        start = time.monotonic()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            self.record["timings_ms"][name] = round((time.monotonic() - start) * 1000, 1)
-
-    def report(self, state: str, **kwargs) -> None:
-        """Send one state change to OneGate (one request), never waiting past its bound."""
-        self.record["last_reported_state"] = state
-        self.logger.info("state", state=state)
+    def report(self, state: BootState, **kwargs: Any) -> None:
+        self.last = state
+        log.get("boot").info("state", state=str(state))
         if self.reporter is None or self.options.dry_run:
             return
-        if self.options.periodic and state not in TERMINAL_STATES:
+        if self.options.periodic and state not in TERMINAL:
             return  # progress reports would take READY away from a node that keeps running
         from agent.onegate import state_report
 
         updates, deletes = state_report(state, **kwargs)
         self.reporter.send(updates, deletes, timeout_s=self._budget(state))
 
-    def _budget(self, state: str) -> float:
+    def _budget(self, state: BootState) -> float:
         """Progress reports get a short budget (shorter still once one failed); the terminal
         report the full one. An unreachable OneGate so costs a boot seconds, not minutes, and
         what was not delivered waits in the queue."""
-        if state in TERMINAL_STATES:
+        if state in TERMINAL:
             return self.options.onegate_timeout_s
         failed = self.reporter.last_problem is not None
         return min(self.options.onegate_timeout_s, 0.5 if failed else 2.0)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+@dataclass
+class Session:
+    """The handles one boot acts through (root, options, OneGate, the engine) and its clock."""
+
+    root: Root
+    options: BootOptions
+    progress: Progress = field(init=False)
+    engine: Engine | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=now)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.progress = Progress(None, self.options)
+
+    def timed(self, name: str, func: Callable, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.timings[name] = round((time.monotonic() - start) * 1000, 1)
+
+    def outcome(
+        self,
+        plan: Plan,
+        facts: Facts,
+        report: ValidationReport | None,
+        state: BootState,
+        *,
+        problems: tuple[Problem, ...] | None = None,
+        mode: Mode = Mode.NONE,
+        container: ConvergeResult | None = None,
+        dry_run: bool = False,
+    ) -> Outcome:
+        self.timings["total"] = round((time.monotonic() - self.started) * 1000, 1)
+        record = BootRecord(
+            state=state,
+            started_at=self.started_at,
+            finished_at=now(),
+            invalid_config=facts.invalid_config,
+            dry_run=dry_run,
+            mode=mode if not dry_run else plan.mode,
+            context_source=facts.context_source,
+            flower_version=facts.config.flower_version if facts.config else None,
+            problems=plan.problems if problems is None else problems,
+            timings_ms=tuple(self.timings.items()),
+            last_reported_state=self.progress.last,
+            plan=plan.to_dict() if facts.config else None,
+            validation=report.to_dict() if report else None,
+            discovery=facts.discovery.to_dict() if facts.discovery else None,
+            container=container.to_dict() if container else None,
+        )
+        return Outcome(record, plan)
 
 
-def boot(
-    root: Root, context_file: Path | None = None, options: BootOptions | None = None
-) -> Outcome:
-    """Run one boot under the lock and return its outcome (never raises for bad input)."""
-    from agent.state import boot_lock
-
-    options = options or BootOptions()
-    run = _Run(root, options)
-    try:
-        with boot_lock(root, wait_s=options.lock_wait_s):
-            outcome = _boot(run, context_file)
-    except AgentError as exc:  # another boot holds the lock
-        run.record["problems"] = [p.to_dict() for p in exc.problems]
-        return Outcome("FAILED", run.record)
-    return outcome
+# --------------------------------------------------------------------------- observe
 
 
-def _boot(run: _Run, context_file: Path | None) -> Outcome:
+def observe(session: Session, context_file: Path | None) -> Facts:
+    """Read the context, the config, the engine, the GPU, toolkit and image facts, and
+    discovery. Writes nothing (progress reports aside)."""
     from agent.inputs import read_inputs
 
     try:
-        inputs = run.timed("context", read_inputs, run.root, context_file)
+        inputs = session.timed("context", read_inputs, session.root, context_file)
     except AgentError as exc:
-        return _finish(run, "INVALID", exc.problems)
-    run.record["context_source"] = inputs.context.source
-    run.reporter = _reporter(run, inputs)
-    run.report("BOOTING", facts=_static_facts(inputs.result.config))
+        return Facts(Platform(), None, blocking=exc.problems, invalid_config=True)
+    session.progress = Progress(_reporter(session, inputs.platform), session.options)
     config = inputs.result.config
+    session.progress.report(BootState.BOOTING, facts=_static_facts(config))
+    facts = Facts(inputs.platform, config, inputs.context.source)
     if config is None:
-        return _finish(run, "INVALID", inputs.result.problems)
-    run.record["flower_version"] = config.flower_version
-    run.report("CONFIGURING")
+        return replace(facts, blocking=inputs.result.problems, invalid_config=True)
+    session.progress.report(BootState.CONFIGURING)
     try:
-        return _converge(run, config)
+        session.engine = session.timed("docker", _connect, session)
     except AgentError as exc:
-        return _finish(run, "FAILED", exc.problems)
+        return replace(facts, blocking=exc.problems)
+    found = session.timed("discovery", _discover, session, config)
+    if found.problems:
+        return replace(facts, discovery=found, blocking=found.problems)
+    from agent import validation
+
+    session.progress.report(BootState.VALIDATING)
+    observed = session.timed(
+        "observe", validation.observe, config, session.root, session.engine, gpu=config.wants_gpu
+    )
+    from agent.discovery import CA_PATH
+
+    data_dir = session.root.path(config.data_dir)
+    return replace(
+        facts,
+        discovery=found,
+        observed=observed,
+        data_dir_host=str(data_dir),
+        data_dir_exists=data_dir.is_dir(),
+        ca_host_path=str(session.root.path(CA_PATH)),
+    )
 
 
-def _reporter(run: _Run, inputs):
-    """A OneGate reporter, also for an invalid config (only the OneGate variables are needed)."""
+def _reporter(session: Session, platform: Platform):
+    """A OneGate reporter from the platform values: there even when the FL config is invalid."""
     from agent.onegate import Reporter
 
-    config = inputs.result.config
-    if config is None:
-        keys = ("ONEGATE_ENDPOINT", "VMID")
-        subset = {k: inputs.context.variables.get(k, "") for k in keys}
-        config = build_config(subset, token=inputs.context.token).config
-    if config is None:
-        return None
-    return Reporter.from_config(config, run.root, total_timeout_s=run.options.onegate_timeout_s)
+    total = session.options.onegate_timeout_s
+    return Reporter.from_platform(platform, session.root, total_timeout_s=total)
 
 
 def _static_facts(config: Config | None) -> dict[str, str]:
+    from agent import __version__
+
     facts = {"FL_AGENT_VERSION": __version__}
     if config is not None:
         facts["FL_SUPERNODE_IMAGE"] = config.supernode_image
@@ -159,248 +264,217 @@ def _static_facts(config: Config | None) -> dict[str, str]:
     return facts
 
 
-def _converge(run: _Run, config: Config) -> Outcome:
-    from agent import supernode
+def _connect(session: Session):
+    """The engine; a dry run waits less and goes on without one (its plan then says so)."""
+    from agent import engine
 
-    client = run.timed("docker", _docker, run)
-    found = run.timed("discovery", _discover, run, config)
-    if found.problems:
-        return _finish(run, "FAILED", found.problems)
-    if not run.options.dry_run:
-        problem = run.timed("image", supernode.ensure_image, client, config.supernode_image)
-        if problem:
-            return _finish(run, "FAILED", (problem,))
-    run.report("VALIDATING")
-    verdict, gpu_facts = run.timed("validation", _validate, run, config, client)
-    plan = make_plan(
-        config,
-        PlanInputs(
-            gpu=verdict,
-            superlink=found.superlink_address,
-            node_config=found.node_config,
-            data_dir_host=str(run.root.path(config.data_dir)),
-            ca_host_path=found.ca_path,
-            image_user=supernode.image_user(client, config.supernode_image) if client else None,
-        ),
-    )
-    run.record["plan"] = plan.to_dict()
-    if run.options.dry_run:
-        return Outcome("PLANNED", run.record)
-    if plan.spec is None:
-        return _finish(run, "FAILED", plan.problems, gpu_facts)
-    _prepare_mounts(run.root, config)
-    run.report("STARTING")
-    result = run.timed("converge", _converge_with_retry, run, client, plan)
-    run.record["container"] = result.to_dict()
-    if not result.running:
-        return _finish(run, "FAILED", plan.problems + result.problems, gpu_facts)
-    degraded = plan.degraded or result.gpu_start_error is not None
-    problems = plan.problems + (
-        (_gpu_start_problem(result.gpu_start_error),) if result.gpu_start_error else ()
-    )
-    mode = result.spec.mode if result.spec else plan.mode
-    return _finish(run, "DEGRADED" if degraded else "RUNNING", problems, gpu_facts, mode=mode)
-
-
-def _docker(run: _Run):
-    from agent import supernode
-
-    timeout = (
-        min(run.options.docker_timeout_s, 5.0)
-        if run.options.dry_run
-        else run.options.docker_timeout_s
-    )
+    if not session.options.dry_run:
+        return engine.connect(timeout_s=session.options.docker_timeout_s)
     try:
-        return supernode.connect(timeout_s=timeout)
+        return engine.connect(timeout_s=min(session.options.docker_timeout_s, 5.0))
     except AgentError:
-        if run.options.dry_run:
-            return None
-        raise
+        return None
 
 
-@dataclass(frozen=True)
-class _Found:
-    superlink_address: str | None
-    node_config: str | None
-    ca_path: str | None
-    problems: tuple[Problem, ...] = ()
-
-
-def _discover(run: _Run, config: Config) -> _Found:
+def _discover(session: Session, config: Config) -> Discovery:
     """Static values first; OneGate only for what the context leaves empty (discovery decides)."""
     from agent import discovery
 
-    found = discovery.discover(
+    options = session.options
+    return discovery.discover(
         config,
-        run.reporter,
-        attempts=run.options.discovery_attempts,
-        interval_s=run.options.discovery_interval_s,
-        ca_attempts=run.options.ca_attempts,
-        ca_interval_s=run.options.ca_interval_s,
+        session.progress.reporter,
+        attempts=options.discovery_attempts,
+        interval_s=options.discovery_interval_s,
+        ca_attempts=options.ca_attempts,
+        ca_interval_s=options.ca_interval_s,
     )
-    run.record["discovery"] = found.to_dict()
-    if found.problems:
-        return _Found(None, None, None, found.problems)
-    ca_path = None
-    if found.ca_pem:
-        ca_path = (
-            str(run.root.path(discovery.CA_PATH))
-            if run.options.dry_run
-            else str(discovery.write_ca(found.ca_pem, run.root))
-        )
-    return _Found(found.superlink_address, found.node_config, ca_path)
 
 
-def _validate(run: _Run, config: Config, client) -> tuple[GpuVerdict, object]:
-    """The staged validation's verdict (skipped outright when FL_GPU_ENABLED=NO).
+# --------------------------------------------------------------------------- evaluate
 
-    The first pass observes only; when it stops at the toolkit and the agent may install it,
-    the boot says INSTALLING_TOOLKIT, and a second pass repairs (installs, configures, restarts
-    the engine) and validates again.
-    """
-    if not config.wants_gpu:
-        run.record["validation"] = {"verdict": "CPU_ONLY", "mode": "CPU", "stages": []}
-        return GpuVerdict("CPU_ONLY"), None
+
+def evaluate(session: Session, facts: Facts) -> ValidationReport | None:
+    """The validation report over the observed facts (None when nothing was observed)."""
+    if facts.config is None or facts.observed is None:
+        return None
     from agent import validation
 
-    report = validation.validate(config, run.root, docker_client=client, repair=False)
-    repairable = report.failed_stage == "toolkit" and config.toolkit_install == "AUTO"
-    if repairable and not run.options.dry_run:
-        run.report("INSTALLING_TOOLKIT")
-        report = validation.validate(config, run.root, docker_client=client, repair=True)
-        run.report("VALIDATING")
-    run.record["validation"] = report.to_dict()
-    selected = tuple(report.selected) if report.selected else ()
-    verdict = GpuVerdict(report.verdict, selected, report.selected is None, report.problem)
-    return verdict, report.facts
-
-
-def _converge_with_retry(run: _Run, client, plan: Plan):
-    """Converge; if the engine went away mid-boot, wait for it once and converge again."""
-    from docker.errors import APIError, DockerException
-    from requests.exceptions import ConnectionError as RequestsConnectionError
-
-    from agent import supernode
-
-    for attempt in (1, 2):
-        try:
-            return supernode.converge(
-                client, plan.spec, fallback=plan.fallback, stability_s=run.options.stability_s
-            )
-        except (RequestsConnectionError, DockerException) as exc:
-            if (
-                isinstance(exc, APIError)
-                and exc.response is not None
-                and attempt == 1
-                and exc.response.status_code < 500
-            ):
-                raise AgentError(
-                    Problem(
-                        "container_start_failed",
-                        plan.spec.name,
-                        str(exc)[:300],
-                        "check the image and its arguments",
-                    )
-                ) from None
-            if attempt == 2:
-                raise AgentError(
-                    Problem(
-                        "docker_unavailable",
-                        "docker",
-                        str(exc)[:300],
-                        "check `systemctl status docker`",
-                    )
-                ) from None
-            run.logger.warning("docker engine went away, waiting", error=str(exc)[:200])
-            client = supernode.connect(timeout_s=run.options.docker_timeout_s)
-    raise AssertionError("unreachable")
-
-
-def _prepare_mounts(root: Root, config: Config) -> None:
-    """The data directory must exist for the bind mount; readable by the image's user."""
-    data = root.path(config.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    data.chmod(data.stat().st_mode | 0o055)
-
-
-def _gpu_start_problem(message: str) -> Problem:
-    return Problem(
-        "gpu_start_failed",
-        "flower-supernode",
-        f"the engine refused the GPU request, running on CPU: {message[:200]}",
-        "run `fl-agent validate`; install the NVIDIA Container Toolkit, restart Docker",
+    return session.timed(
+        "validation", validation.evaluate, facts.config, facts.observed, session.engine
     )
 
 
-def _finish(run: _Run, state: str, problems, gpu_facts=None, mode: str | None = None) -> Outcome:
-    """The terminal record: state file, appliance report, OneGate (READY only when running)."""
-    problems = tuple(problems)
-    run.record.update(
-        state=state if state != "INVALID" else "FAILED",
-        invalid_config=state == "INVALID",
-        mode=mode or "NONE",
-        finished_at=_now(),
-        problems=[p.to_dict() for p in problems],
+# --------------------------------------------------------------------------- plan
+
+
+def plan_boot(facts: Facts, report: ValidationReport | None) -> Plan:
+    """make_plan over the facts; without a config only the record is left to do."""
+    if facts.config is None:
+        return Plan.nothing(facts.blocking)
+    return make_plan(facts.config, plan_inputs(facts, report))
+
+
+def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -> PlanInputs:
+    config = facts.config
+    assert config is not None
+    found, observed = facts.discovery, facts.observed
+    ca_pem = found.ca_pem if found else None
+    return PlanInputs(
+        gpu=report.gpu if report else GpuVerdict(Verdict.CPU_ONLY),
+        superlink=found.superlink_address if found else None,
+        node_config=found.node_config if found else None,
+        data_dir_host=facts.data_dir_host,
+        image=observed.image if observed else ImageFacts(config.supernode_image, False),
+        ca_pem=ca_pem,
+        ca_host_path=facts.ca_host_path if ca_pem else None,
+        data_dir_exists=facts.data_dir_exists,
+        validated=config.wants_gpu and report is not None,
+        blocking=facts.blocking,
+        **changes,
     )
-    run.record["timings_ms"]["total"] = round((time.monotonic() - run.started) * 1000, 1)
-    outcome = Outcome(state, run.record)
-    if run.options.dry_run:
-        return outcome
-    _write_outputs(run, problems, gpu_facts, mode)
-    return outcome
 
 
-def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
+# --------------------------------------------------------------------------- apply
+
+
+def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport | None) -> Outcome:
+    """Perform the plan's actions, in order; the RECORD action ends every boot."""
+    if plan.has(ActionKind.PULL_IMAGE) or plan.has(ActionKind.INSTALL_TOOLKIT):
+        plan, facts, report = _prepare(session, plan, facts, report)
+    if plan.has(ActionKind.WRITE_VALIDATION) and report is not None:
+        from agent import validation
+
+        validation.write(session.root, report)
+    if plan.spec is None:
+        return _record(session, plan, facts, report, BootState.FAILED)
+    if plan.has(ActionKind.WRITE_CA):
+        _write_ca(session, facts)
+    if plan.has(ActionKind.PREPARE_DATA_DIR):
+        _prepare_data_dir(Path(facts.data_dir_host))
+    session.progress.report(BootState.STARTING)
+    result = session.timed("converge", _converge, session, plan)
+    if not result.running:
+        problems = plan.problems + result.problems
+        return _record(session, plan, facts, report, BootState.FAILED, problems, container=result)
+    problems = plan.problems
+    if result.gpu_start_error:
+        refusal = f"running on CPU: {result.gpu_start_error[:200]}"
+        problems += (problem("gpu_start_failed", plan.spec.name, refusal),)
+    degraded = plan.degraded or result.gpu_start_error is not None
+    state = BootState.DEGRADED if degraded else BootState.RUNNING
+    mode = result.spec.mode if result.spec else plan.mode
+    return _record(session, plan, facts, report, state, problems, mode, result)
+
+
+def _prepare(
+    session: Session, plan: Plan, facts: Facts, report: ValidationReport | None
+) -> tuple[Plan, Facts, ValidationReport | None]:
+    """The actions that change what observe saw (the image pull, the toolkit install); then
+    the validation resumes where it waited and the same make_plan decides over the new facts.
+    """
+    from agent import engine, toolkit, validation
+
+    config, observed = facts.config, facts.observed
+    assert config is not None and observed is not None and session.engine is not None
+    if plan.has(ActionKind.PULL_IMAGE):
+        failed = session.timed("image", engine.pull, session.engine, config.supernode_image)
+        if failed is not None:
+            facts = replace(facts, blocking=(failed,))
+            return make_plan(config, plan_inputs(facts, report)), facts, report
+        image = validation.image_facts(session.engine, config.supernode_image)
+        observed = replace(observed, image=image)
+    repaired = None
+    if plan.has(ActionKind.INSTALL_TOOLKIT):
+        session.progress.report(BootState.INSTALLING_TOOLKIT)
+        repaired = session.timed(
+            "toolkit",
+            toolkit.ensure,
+            config,
+            session.root,
+            gpu_present=True,
+            engine=session.engine,
+        )
+        session.progress.report(BootState.VALIDATING)
+    facts = replace(facts, observed=observed)
+    if plan.resume_from is not None and report is not None:
+        report = session.timed(
+            "validation_resumed",
+            validation.resume,
+            config,
+            report,
+            observed,
+            session.engine,
+            plan.resume_from,
+            repaired=repaired,
+        )
+    inputs = plan_inputs(facts, report, toolkit_tried=repaired is not None)
+    return make_plan(config, inputs), facts, report
+
+
+def _write_ca(session: Session, facts: Facts) -> None:
+    from agent.discovery import write_ca
+
+    assert facts.discovery is not None and facts.discovery.ca_pem
+    write_ca(facts.discovery.ca_pem, session.root)
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """The data directory must exist for the bind mount: created (0755, readable by the
+    image's user) when absent; a directory the agent did not create is never chmod-ed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        return  # created since observe read it: someone else's, left as it is
+    path.chmod(0o755)  # mkdir's mode went through the umask
+
+
+def _converge(session: Session, plan: Plan) -> ConvergeResult:
+    from agent import engine
+
+    assert plan.spec is not None and session.engine is not None
+    return engine.converge(
+        session.engine,
+        plan.spec,
+        fallback=plan.fallback,
+        stability_s=session.options.stability_s,
+        reconnect_s=session.options.docker_timeout_s,
+    )
+
+
+def _record(
+    session: Session,
+    plan: Plan,
+    facts: Facts,
+    report: ValidationReport | None,
+    state: BootState,
+    problems: tuple[Problem, ...] | None = None,
+    mode: Mode = Mode.NONE,
+    container: ConvergeResult | None = None,
+) -> Outcome:
+    """The terminal record: OneGate (READY only when running), state file, appliance report."""
     from agent import appliance
+    from agent.outcome import READY
+    from agent.record import gpu_attributes
     from agent.state import write_state
 
-    terminal = run.record["state"]
-    running = terminal in ("RUNNING", "DEGRADED")
-    error = (problems[0].name, problems[0].message) if problems else None
-    facts = _gpu_attributes(gpu_facts, mode, run.record.get("validation"))
-    run.report(terminal, facts=facts, error=error, ready=running)
-    problem = write_state(run.root, run.record)
-    if problem:  # the node is unaffected; say so in the log and in the outcome printed
-        run.logger.error("state not written", problem=problem.name, detail=str(problem))
-        run.record["problems"].append(problem.to_dict())
-    try:
-        appliance.write_service_report(run.root, run.record)
-        (appliance.mark_ready if running else appliance.clear_ready)(run.root)
-    except OSError as exc:
-        run.logger.error("appliance report not written", error=exc.strerror or str(exc))
-
-
-def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dict[str, str]:
-    """The FL_GPU_* facts OneGate carries, from the validation's GPU inventory.
-
-    Lists are joined with ';' (a comma would force base64 through OneGate's escaping).
-    """
-    verdict = (validation or {}).get("verdict", "CPU_ONLY")
-    failed = (validation or {}).get("failed_stage")
-    attrs = {
-        "FL_GPU_MODE": "GPU" if mode == "GPU" else "CPU",
-        "FL_VALIDATION": f"FAILED:{failed}" if verdict == "FAILED" and failed else verdict,
-        "FL_GPU_COUNT": "0",
-    }
-    nvml = getattr(gpu_facts, "nvml", None)
-    gpus = [g for g in getattr(nvml, "gpus", ()) if g.uuid]
-    if not gpus:
-        return attrs
-    cuda = nvml.cuda_driver_version
-    selected = (validation or {}).get("selected")
-    attrs.update(
-        FL_GPU_COUNT=str(len(selected) if selected else len(gpus)),
-        FL_GPU_NAMES=";".join(g.name or "unknown" for g in gpus),
-        FL_GPU_UUIDS=";".join(g.uuid for g in gpus),
-        FL_GPU_MEMORY_MIB=";".join(str((g.memory_total or 0) // 2**20) for g in gpus),
-        FL_DRIVER_VERSION=nvml.driver_version or "",
-        FL_CUDA_VERSION=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else "",
-        FL_MIG=";".join(_mig_label(g) for g in gpus),
+    outcome = session.outcome(
+        plan, facts, report, state, problems=problems, mode=mode, container=container
     )
-    return {k: v for k, v in attrs.items() if v != ""}
-
-
-def _mig_label(gpu) -> str:
-    if gpu.mig_mode is None:
-        return "UNSUPPORTED"
-    return "ENABLED" if gpu.mig_mode else "DISABLED"
+    record = outcome.record
+    error = (record.problems[0].name, record.problems[0].message) if record.problems else None
+    gpu = report.facts if report else None
+    attrs = gpu_attributes(gpu, mode, record.validation)
+    session.progress.report(state, facts=attrs, error=error, ready=state in READY)
+    record = replace(record, last_reported_state=session.progress.last)
+    failed = write_state(session.root, record.to_dict())
+    if failed:  # the node is unaffected; say so in the log and in the outcome printed
+        log.get("boot").error("state not written", problem=failed.name, detail=str(failed))
+        record = record.with_problem(failed)
+    try:
+        appliance.write_service_report(session.root, record.to_dict())
+        (appliance.mark_ready if state in READY else appliance.clear_ready)(session.root)
+    except OSError as exc:
+        log.get("boot").error("appliance report not written", error=exc.strerror or str(exc))
+    return Outcome(record, plan)

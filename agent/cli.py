@@ -7,23 +7,13 @@ needs them, so `fl-agent --help` and `fl-agent context` start fast.
 from __future__ import annotations
 
 import argparse
-import enum
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
-
-
-class ExitCode(enum.IntEnum):
-    """One table of exit codes for every command (documented in the README)."""
-
-    OK = 0  # RUNNING / valid / verdict as asked
-    FAILED = 1  # FAILED, or a verdict other than what the config asks for
-    INVALID = 2  # invalid context or configuration
-    DEGRADED = 3  # running on CPU after a GPU failure
-    NOT_BUILT = 4  # a command whose issue has not landed yet
+from agent.outcome import BootState, ExitCode, exit_code
 
 
 def _emit(data: object, as_json: bool, text: Callable[[], str]) -> None:
@@ -104,11 +94,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         ca_interval_s=args.discovery_interval / 2,
     )
     outcome = boot(_root(args), args.context_file, options)
-    record = outcome.record
-    if args.dry_run:
-        _emit(record, args.json, lambda: _plan_text(record))
-        return ExitCode.INVALID if outcome.state == "INVALID" else ExitCode.OK
-    _emit(record, args.json, lambda: _outcome_text(record))
+    record = outcome.record.to_dict()
+    text = _plan_text if args.dry_run else _outcome_text
+    _emit(record, args.json, lambda: text(record))
     return outcome.exit_code
 
 
@@ -126,7 +114,9 @@ def _plan_text(record: dict) -> str:
         ]
         if spec["gpu_count"] == -1 or spec["gpu_device_ids"]:
             lines.append(f"gpus: {spec['gpu_device_ids'] or 'all'}")
+    lines.append("actions: " + ", ".join(a["kind"] for a in plan["actions"]))
     lines += [f"problem: {p['subject']}: {p['message']}" for p in plan["problems"]]
+    lines.append(f"would end: {record['state']}")
     return "\n".join(lines) + "\n"
 
 
@@ -152,11 +142,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.remote:
         data["remote"] = _remote_status(root, args.context_file)
     _emit(data, args.json, lambda: _status_text(data))
-    if record is None:
+    if record is None or record.get("state") not in tuple(BootState):
         return ExitCode.FAILED
-    return {"RUNNING": ExitCode.OK, "DEGRADED": ExitCode.DEGRADED}.get(
-        record.get("state"), ExitCode.FAILED
-    )
+    return exit_code(BootState(record["state"]))
 
 
 def _remote_status(root, context_file: Path | None) -> dict:
@@ -165,10 +153,7 @@ def _remote_status(root, context_file: Path | None) -> dict:
     from agent.onegate import remote_status
 
     try:
-        inputs = read_inputs(root, context_file)
-        if inputs.result.config is None:
-            return {"error": "invalid context: run `fl-agent context`"}
-        return remote_status(inputs.result.config, root)
+        return remote_status(read_inputs(root, context_file).platform, root)
     except AgentError as exc:
         return {"error": str(exc.first)}
 

@@ -16,10 +16,9 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from agent import flower
-from agent.context import Secret
 from agent.errors import Problem
 
 DEFAULT_DATA_DIR = "/opt/flower/data"
@@ -70,10 +69,6 @@ class Config:
     ssl_ca_cert: str | None = None  # PEM text, decoded from base64
     toolkit_install: str = "AUTO"  # AUTO | NEVER
     data_dir: str = DEFAULT_DATA_DIR
-    onegate_endpoint: str | None = None
-    vmid: str | None = None
-    token: Secret | None = field(default=None, repr=False, compare=False)
-    report_ready: bool = False
 
     @property
     def wants_gpu(self) -> bool:
@@ -84,9 +79,7 @@ class Config:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "token":
-                value = "***" if value else None
-            elif f.name == "cuda_visible_devices" and value is not None:
+            if f.name == "cuda_visible_devices" and value is not None:
                 value = [str(v) for v in value]
             elif f.name == "ssl_ca_cert" and value:
                 value = f"<PEM, {len(value)} bytes>"
@@ -158,7 +151,6 @@ class _Reader:
 def build_config(
     variables: Mapping[str, str],
     *,
-    token: Secret | None = None,
     baked_flower_version: str = flower.DEFAULT_FLOWER_VERSION,
 ) -> ConfigResult:
     """Validate every variable; return the Config (None when any problem) and all problems."""
@@ -181,9 +173,6 @@ def build_config(
         "ssl_ca_cert": _ca_cert(r),
         "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
         "data_dir": _data_dir(r),
-        "onegate_endpoint": _endpoint(r, variables.get("ONEGATE_ENDPOINT", "")),
-        "vmid": _vmid(r, variables.get("VMID", "")),
-        "report_ready": variables.get("REPORT_READY", "").strip().upper() == "YES",
     }
     if values["gpu_enabled"] == "NO" and values["gpu_required"]:
         r.problems.append(
@@ -195,7 +184,7 @@ def build_config(
             )
         )
     problems = tuple(r.problems)
-    config = None if problems else Config(token=token, **values)
+    config = None if problems else Config(**values)
     return ConfigResult(config, problems, dict(r.sources))
 
 
@@ -373,30 +362,3 @@ def _data_dir(r: _Reader) -> str:
         return value.rstrip("/") or "/"
     r.bad("FL_DATA_DIR", raw, "an absolute path without '..' or ':', such as /opt/flower/data")
     return DEFAULT_DATA_DIR
-
-
-def _endpoint(r: _Reader, raw: str) -> str | None:
-    if raw.strip() == "":
-        return None
-    if re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw.strip()):
-        return raw.strip().rstrip("/")
-    r.problems.append(
-        Problem(
-            "invalid_value",
-            "ONEGATE_ENDPOINT",
-            f"invalid value {raw!r}",
-            "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
-        )
-    )
-    return None
-
-
-def _vmid(r: _Reader, raw: str) -> str | None:
-    if raw.strip() == "":
-        return None
-    if raw.strip().isdigit():
-        return raw.strip()
-    r.problems.append(
-        Problem("invalid_value", "VMID", f"invalid value {raw!r}", "accepted: a VM id (digits)")
-    )
-    return None

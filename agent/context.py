@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.command import RunResult, run_command
 from agent.errors import AgentError, Problem
 from agent.paths import Root
 
@@ -62,6 +62,57 @@ class Context:
     source: str
     token: Secret | None = field(default=None, compare=False)
     token_source: str | None = None
+
+    @property
+    def platform(self) -> Platform:
+        return read_platform(self.variables, self.token)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What OpenNebula gives every VM beside the FL configuration: OneGate's endpoint, the VM
+    id, the token and REPORT_READY. Read even when FL_* values are invalid, so that such a
+    boot can still report FAILED. An invalid value is left out (None) and named in `problems`.
+    """
+
+    onegate_endpoint: str | None = None
+    vmid: str | None = None
+    token: Secret | None = field(default=None, repr=False, compare=False)
+    report_ready: bool = False
+    problems: tuple[Problem, ...] = ()
+
+
+def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
+    problems: list[Problem] = []
+    endpoint = variables.get("ONEGATE_ENDPOINT", "").strip() or None
+    if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
+        problems.append(
+            Problem(
+                "invalid_value",
+                "ONEGATE_ENDPOINT",
+                f"invalid value {variables['ONEGATE_ENDPOINT']!r}",
+                "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
+            )
+        )
+        endpoint = None
+    vmid = variables.get("VMID", "").strip() or None
+    if vmid is not None and not vmid.isdigit():
+        problems.append(
+            Problem(
+                "invalid_value",
+                "VMID",
+                f"invalid value {variables['VMID']!r}",
+                "accepted: a VM id (digits)",
+            )
+        )
+        vmid = None
+    return Platform(
+        onegate_endpoint=endpoint.rstrip("/") if endpoint else None,
+        vmid=vmid,
+        token=token,
+        report_ready=variables.get("REPORT_READY", "").strip().upper() == "YES",
+        problems=tuple(problems),
+    )
 
 
 def _problem(line: int, message: str, source: str) -> AgentError:
@@ -196,11 +247,11 @@ def render_context(variables: dict[str, str]) -> str:
 
 # --- sources ---
 
-Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
+Runner = Callable[[Sequence[str]], RunResult]
 
 
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+def _run(argv: Sequence[str]) -> RunResult:
+    return run_command(argv, timeout=30, merge_stderr=False)
 
 
 def load_context(
@@ -283,18 +334,12 @@ def find_context_device(candidates: Sequence[str] = (), *, runner: Runner = _run
     does); with candidates, probe each one's label.
     """
     if not candidates:
-        try:
-            found = runner(["blkid", "-l", "-t", f"LABEL={CONTEXT_LABEL}", "-o", "device"])
-        except (OSError, subprocess.SubprocessError):
-            return None
-        devices = [d for d in found.stdout.split() if not d.startswith("/dev/loop")]
+        found = runner(["blkid", "-l", "-t", f"LABEL={CONTEXT_LABEL}", "-o", "device"])
+        devices = [d for d in found.output.split() if not d.startswith("/dev/loop")]
         return devices[0] if found.returncode == 0 and devices else None
     for device in candidates:
-        try:
-            probe = runner(["blkid", "-o", "value", "-s", "LABEL", device])
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0 and probe.stdout.strip() == CONTEXT_LABEL:
+        probe = runner(["blkid", "-o", "value", "-s", "LABEL", device])
+        if probe.returncode == 0 and probe.output.strip() == CONTEXT_LABEL:
             return device
     return None
 

@@ -327,7 +327,7 @@ class _Run:
     def _partition(self, service: _Service) -> None:
         """This VM's index among its role's VM ids in order: new VMs get higher ids, so a
         node keeps its partition when the role scales up."""
-        me = int(self.config.vmid)
+        me = int(self.reporter.vmid)
         role = next((r for r, (ids, _) in service.roles.items() if me in ids), None)
         if role is None:
             raise _Pending(f"VM {me} is not yet listed in a role of service {service.name!r}")

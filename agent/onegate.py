@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -34,6 +33,7 @@ from typing import Any
 from agent import __version__, log
 from agent.atomicfile import write_atomic
 from agent.errors import AgentError, Problem
+from agent.outcome import READY, BootState
 from agent.paths import Root
 
 ATTRIBUTES: Mapping[str, str] = {
@@ -56,18 +56,9 @@ ATTRIBUTES: Mapping[str, str] = {
 }
 """Every attribute the agent publishes: the one table (docs/onegate.md renders it)."""
 
-STATES = (
-    "BOOTING",
-    "CONFIGURING",
-    "VALIDATING",
-    "INSTALLING_TOOLKIT",
-    "STARTING",
-    "RUNNING",
-    "DEGRADED",
-    "FAILED",
-)
-READY_STATES = ("RUNNING", "DEGRADED")
-"""The states in which a node may report READY=YES: its SuperNode container runs."""
+STATES = tuple(BootState)
+READY_STATES = tuple(s for s in BootState if s in READY)
+"""The states in which a node may report READY=YES (agent/outcome.py defines them)."""
 
 BASE64_SUFFIX = "_BASE64"
 LIST_SEPARATOR = ";"
@@ -381,21 +372,12 @@ class _Queue:
 
         Only the holder sends, so two processes (the boot, a flush timer) never interleave.
         """
+        from agent.state import file_lock
+
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            held = False
-            while not held:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held = True
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.02)
+        wait_s = max(0.0, deadline - time.monotonic())
+        with file_lock(self.directory / ".lock", wait_s=wait_s, poll_s=0.02) as held:
             yield held
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- the reporter
@@ -417,6 +399,7 @@ class Reporter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint = endpoint
+        self.vmid = vmid
         self.total_timeout_s = total_timeout_s
         self.enabled = bool(endpoint and vmid and token)
         self.last_problem: Problem | None = None
@@ -432,11 +415,11 @@ class Reporter:
         )
 
     @classmethod
-    def from_config(cls, config, root: Root, *, total_timeout_s: float = 10.0) -> Reporter:
+    def from_platform(cls, platform, root: Root, *, total_timeout_s: float = 10.0) -> Reporter:
         reporter = cls(
-            endpoint=config.onegate_endpoint,
-            vmid=config.vmid,
-            token=config.token,
+            endpoint=platform.onegate_endpoint,
+            vmid=platform.vmid,
+            token=platform.token,
             queue_dir=queue_dir(root),
             total_timeout_s=total_timeout_s,
         )
@@ -444,9 +427,9 @@ class Reporter:
             missing = [
                 name
                 for name, value in (
-                    ("ONEGATE_ENDPOINT", config.onegate_endpoint),
-                    ("VMID", config.vmid),
-                    ("token", config.token),
+                    ("ONEGATE_ENDPOINT", platform.onegate_endpoint),
+                    ("VMID", platform.vmid),
+                    ("token", platform.token),
                 )
                 if not value
             ]
@@ -605,15 +588,15 @@ def queue_dir(root: Root) -> Path:
     return root.state_dir / "onegate-queue"
 
 
-def remote_status(config, root: Root) -> dict[str, Any]:
+def remote_status(platform, root: Root) -> dict[str, Any]:
     """What OneGate holds for this VM (the FL_* attributes and READY, base64 decoded), and
     how many reports wait in the local queue. AgentError when OneGate is off or fails."""
-    reporter = Reporter.from_config(config, root)
+    reporter = Reporter.from_platform(platform, root)
     vm = reporter.get_vm().get("VM", {})
     template = vm.get("USER_TEMPLATE") or {}
     decoded = decode_attributes(template if isinstance(template, dict) else {})
     return {
-        "endpoint": config.onegate_endpoint,
+        "endpoint": platform.onegate_endpoint,
         "vmid": vm.get("ID"),
         "name": vm.get("NAME"),
         "state": vm.get("STATE"),

@@ -12,8 +12,7 @@ import time
 import pytest
 
 from agent import log
-from agent.config import Config
-from agent.context import Secret
+from agent.context import Platform, Secret
 from agent.emulator.onegate import OneGateEmulator
 from agent.errors import AgentError
 from agent.onegate import (
@@ -45,21 +44,20 @@ def emulator():
         yield em
 
 
-def config_for(em: OneGateEmulator, vmid: int = VMID, **changes) -> Config:
-    return Config(
+def platform_for(em: OneGateEmulator, vmid: int = VMID) -> Platform:
+    return Platform(
         onegate_endpoint=em.endpoint,
         vmid=str(vmid),
         token=Secret(em.vms[vmid].token if vmid in em.vms else TOKEN),
-        **changes,
     )
 
 
 def reporter_for(em, root: Root, *, timeout=2.0, policy=FAST, seed=1, vmid=VMID) -> Reporter:
-    config = config_for(em, vmid)
+    platform = platform_for(em, vmid)
     return Reporter(
-        endpoint=config.onegate_endpoint,
-        vmid=config.vmid,
-        token=config.token,
+        endpoint=platform.onegate_endpoint,
+        vmid=platform.vmid,
+        token=platform.token,
         queue_dir=queue_dir(root),
         total_timeout_s=timeout,
         policy=policy,
@@ -178,7 +176,7 @@ def test_unsafe_values_round_trip_through_base64(emulator, root, value):
     assert reporter.send({"FL_ERROR": value})
     template = emulator.user_template(VMID)
     assert "FL_ERROR" not in template and "FL_ERROR_BASE64" in template
-    assert remote_status(config_for(emulator), root)["attributes"]["FL_ERROR"] == value
+    assert remote_status(platform_for(emulator), root)["attributes"]["FL_ERROR"] == value
 
 
 def test_switching_encoding_removes_the_other_name(emulator, root):
@@ -378,7 +376,7 @@ def test_report_merge_keeps_the_newest_word():
 def test_reporting_off_without_endpoint_or_token_says_so_once(root):
     out = io.StringIO()
     log.configure("INFO", stream=out)
-    reporter = Reporter.from_config(Config(vmid="3"), root)
+    reporter = Reporter.from_platform(Platform(vmid="3"), root)
     assert reporter.enabled is False
     assert reporter.send(*state_report("BOOTING")) is False
     assert reporter.flush() == 0
@@ -412,7 +410,7 @@ def test_remote_status_shows_what_operators_see(emulator, root):
     reporter = reporter_for(emulator, root)
     facts = {"FL_GPU_NAMES": "H200, H200", "FL_GPU_MODE": "GPU"}
     reporter.send(*state_report("RUNNING", facts=facts, ready=True))
-    status = remote_status(config_for(emulator), root)
+    status = remote_status(platform_for(emulator), root)
     assert status["vmid"] == str(VMID) and status["queued_reports"] == 0
     assert status["attributes"] == {
         "FL_STATE": "RUNNING",

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from agent.cli import ExitCode
 from agent.errors import AgentError
+from agent.outcome import ExitCode
 
 if TYPE_CHECKING:
     from agent.one.connection import OneClient
