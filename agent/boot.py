@@ -78,7 +78,8 @@ class Facts:
     context_source: str | None = None
     blocking: tuple[Problem, ...] = ()
     invalid_config: bool = False
-    observed: Observed | None = None  # GPU, toolkit and image facts
+    image: ImageFacts | None = None  # the SuperNode image as the engine has it
+    observed: Observed | None = None  # GPU, toolkit and image facts (FL_GPU_ENABLED not NO)
     discovery: Discovery | None = None
     data_dir_host: str = ""  # FL_DATA_DIR under the root
     data_dir_exists: bool = True
@@ -227,18 +228,25 @@ def observe(session: Session, context_file: Path | None) -> Facts:
     found = session.timed("discovery", _discover, session, config)
     if found.problems:
         return replace(facts, discovery=found, blocking=found.problems)
-    from agent import validation
-
     session.progress.report(BootState.VALIDATING)
-    observed = session.timed(
-        "observe", validation.observe, config, session.root, session.engine, gpu=config.wants_gpu
-    )
+    try:
+        image = session.timed("image", _image, session, config.supernode_image)
+    except AgentError as exc:
+        return replace(facts, discovery=found, blocking=exc.problems)
+    observed = None
+    if config.wants_gpu:
+        from agent import validation
+
+        observed = session.timed(
+            "observe", validation.observe, config, session.root, session.engine, image
+        )
     from agent.discovery import CA_PATH
 
     data_dir = session.root.path(config.data_dir)
     return replace(
         facts,
         discovery=found,
+        image=image,
         observed=observed,
         data_dir_host=str(data_dir),
         data_dir_exists=data_dir.is_dir(),
@@ -274,6 +282,18 @@ def _connect(session: Session):
         return engine.connect(timeout_s=min(session.options.docker_timeout_s, 5.0))
     except AgentError:
         return None
+
+
+def _image(session: Session, reference: str) -> ImageFacts:
+    """The image's facts, read once; absent when there is no engine to ask (a dry run)."""
+    from agent.engine import EngineError
+
+    if session.engine is None:
+        return ImageFacts(reference, False)
+    try:
+        return session.engine.image(reference)
+    except EngineError as exc:
+        raise AgentError(problem("docker_unavailable", "docker", exc.message[:200])) from None
 
 
 def _discover(session: Session, config: Config) -> Discovery:
@@ -318,14 +338,14 @@ def plan_boot(facts: Facts, report: ValidationReport | None) -> Plan:
 def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -> PlanInputs:
     config = facts.config
     assert config is not None
-    found, observed = facts.discovery, facts.observed
+    found = facts.discovery
     ca_pem = found.ca_pem if found else None
     return PlanInputs(
         gpu=report.gpu if report else GpuVerdict(Verdict.CPU_ONLY),
         superlink=found.superlink_address if found else None,
         node_config=found.node_config if found else None,
         data_dir_host=facts.data_dir_host,
-        image=observed.image if observed else ImageFacts(config.supernode_image, False),
+        image=facts.image or ImageFacts(config.supernode_image, False),
         ca_pem=ca_pem,
         ca_host_path=facts.ca_host_path if ca_pem else None,
         data_dir_exists=facts.data_dir_exists,
@@ -376,14 +396,15 @@ def _prepare(
     from agent import engine, toolkit, validation
 
     config, observed = facts.config, facts.observed
-    assert config is not None and observed is not None and session.engine is not None
+    assert config is not None and session.engine is not None
     if plan.has(ActionKind.PULL_IMAGE):
         failed = session.timed("image", engine.pull, session.engine, config.supernode_image)
         if failed is not None:
             facts = replace(facts, blocking=(failed,))
             return make_plan(config, plan_inputs(facts, report)), facts, report
-        image = validation.image_facts(session.engine, config.supernode_image)
-        observed = replace(observed, image=image)
+        image = _image(session, config.supernode_image)
+        facts = replace(facts, image=image)
+        observed = replace(observed, image=image) if observed else None
     repaired = None
     if plan.has(ActionKind.INSTALL_TOOLKIT):
         session.progress.report(BootState.INSTALLING_TOOLKIT)
@@ -397,7 +418,7 @@ def _prepare(
         )
         session.progress.report(BootState.VALIDATING)
     facts = replace(facts, observed=observed)
-    if plan.resume_from is not None and report is not None:
+    if plan.resume_from is not None and report is not None and observed is not None:
         report = session.timed(
             "validation_resumed",
             validation.resume,

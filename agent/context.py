@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.command import RunResult, run_command
 from agent.errors import AgentError, Problem
 from agent.paths import Root
+
+if TYPE_CHECKING:
+    from agent.command import RunResult
 
 MAX_CONTEXT_BYTES = 4 * 1024 * 1024
 ONE_CONTEXT_STAGE_FILES = ("context.sh.network", "context.sh.local")
@@ -247,10 +249,12 @@ def render_context(variables: dict[str, str]) -> str:
 
 # --- sources ---
 
-Runner = Callable[[Sequence[str]], RunResult]
+Runner = Callable[[Sequence[str]], "RunResult"]
 
 
 def _run(argv: Sequence[str]) -> RunResult:
+    from agent.command import run_command
+
     return run_command(argv, timeout=30, merge_stderr=False)
 
 
@@ -346,6 +350,8 @@ def find_context_device(candidates: Sequence[str] = (), *, runner: Runner = _run
 
 def _from_cd(root: Root, device: str, runner: Runner) -> Context:
     """Mount the context CD read-only, read context.sh and token.txt, always unmount."""
+    import tempfile
+
     mount_dir = Path(tempfile.mkdtemp(prefix="fl-agent-context."))
     try:
         mounted = runner(["mount", "-o", "ro", device, str(mount_dir)])

@@ -1,10 +1,11 @@
 """Every Docker Engine API call the agent makes, and the one classifier of its errors.
 
-The agent speaks the Engine API itself, over the engine's socket with the standard library's
-`http.client`: the docker SDK costs ~95 ms of imports (requests, urllib3, ...) per boot,
-more than a converged boot's whole work. Paths carry no version prefix, so the engine answers
-in its own API version (`docker version` shows it); the request bodies use fields every
-engine since API 1.40 (Docker 19.03, DeviceRequests) accepts.
+The agent speaks the Engine API itself: HTTP/1.1 over the engine's socket, one connection per
+request (`Connection: close`). The docker SDK costs ~95 ms of imports (requests, urllib3, ...)
+per boot, more than a converged boot's whole work, and `http.client` another ~25 ms (email,
+ssl) for the few lines of HTTP a local socket needs. Paths carry no version prefix, so the
+engine answers in its own API version (`docker version` shows it); the request bodies use
+fields every engine since API 1.40 (Docker 19.03, DeviceRequests) accepts.
 
 Lifecycle owner of the SuperNode: Docker's restart policy (`unless-stopped`), and nothing else.
 The agent runs once per boot and converges; it never runs `docker start -a` under a systemd
@@ -21,19 +22,16 @@ container in state `created` behind.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import struct
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
 
 from agent import log
 from agent.errors import AgentError, Problem
@@ -105,32 +103,58 @@ def gpu_problem(text: str, subject: str = "container") -> Problem:
     return problem("container_gpu_failed", subject, _short(text))
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+class _Response:
+    """One HTTP/1.1 response read off the socket: status, headers, then a body framed by
+    Content-Length, by chunks, or by the end of the connection (the request says close)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rb")
+        status = self._file.readline().split(None, 2)
+        if len(status) < 2 or not status[1].isdigit():
+            raise OSError(f"not an HTTP answer: {b' '.join(status)[:80]!r}")
+        self.status = int(status[1])
+        headers: dict[bytes, bytes] = {}
+        while (line := self._file.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        self._chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        length = headers.get(b"content-length")
+        self._length = int(length) if length and length.isdigit() else None
+
+    def chunks(self) -> Iterator[bytes]:
+        if not self._chunked:
+            yield self._file.read() if self._length is None else self._file.read(self._length)
+            return
+        while size := int(self._file.readline().split(b";")[0].strip() or b"0", 16):
+            yield self._file.read(size)
+            self._file.readline()
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def lines(self) -> Iterator[bytes]:
+        rest = b""
+        for chunk in self.chunks():
+            *whole, rest = (rest + chunk).split(b"\n")
+            yield from whole
+        if rest:
+            yield rest
 
 
 class Engine:
     """The Engine API at `host` (DOCKER_HOST's forms unix:///path and tcp://host:port)."""
 
     def __init__(self, host: str = DEFAULT_HOST, timeout_s: float = 60.0) -> None:
-        parts = urlsplit(host)
-        if parts.scheme not in ("unix", "tcp", "http"):
+        scheme, _, rest = host.partition("://")
+        if scheme == "unix" and rest:
+            self._address: str | tuple[str, int] = rest
+        elif scheme in ("tcp", "http") and rest.rpartition(":")[2].isdigit():
+            name, _, port = rest.rstrip("/").rpartition(":")
+            self._address = (name or "localhost", int(port))
+        else:
             raise EngineError(f"DOCKER_HOST {host!r}: only unix:// and tcp:// are supported")
         self.host = host
         self.timeout_s = timeout_s
-        self._parts = parts
 
     @classmethod
     def from_env(cls, timeout_s: float = 60.0) -> Engine:
@@ -138,38 +162,46 @@ class Engine:
 
     # --- transport
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self._parts.scheme == "unix":
-            return _UnixConnection(self._parts.path, timeout)
-        return http.client.HTTPConnection(
-            self._parts.hostname or "localhost", self._parts.port or 2375, timeout=timeout
-        )
+    def _connect(self, timeout: float) -> socket.socket:
+        family = socket.AF_UNIX if isinstance(self._address, str) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self._address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     @contextmanager
     def _open(self, method: str, path: str, *, query=None, body=None, timeout=None):
-        url = path + (f"?{urlencode(query)}" if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn = self._connection(timeout or self.timeout_s)
+        data = json.dumps(body).encode() if body is not None else b""
+        url = path + (
+            "?" + "&".join(f"{k}={_q(str(v))}" for k, v in query.items()) if query else ""
+        )
+        head = (
+            f"{method} {url} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
         try:
-            conn.request(method, url, body=data, headers=headers)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+            sock = self._connect(timeout or self.timeout_s)
+        except OSError as exc:
             raise EngineError(f"no answer from {self.host}: {exc}") from None
         try:
+            sock.sendall(head.encode() + data)
+            response = _Response(sock)
             if response.status >= 400:
                 raise EngineError(_message(response.read()), response.status)
             yield response
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise EngineError(f"the engine at {self.host} went away: {exc}") from None
         finally:
-            conn.close()
+            sock.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
         with self._open(method, path, **kwargs) as response:
             raw = response.read()
-        return json.loads(raw) if raw.strip() and raw.lstrip()[:1] in (b"{", b"[") else None
+        return json.loads(raw) if raw.lstrip()[:1] in (b"{", b"[") else None
 
     # --- calls
 
@@ -204,7 +236,7 @@ class Engine:
         )
         query = {"fromImage": repo, "tag": tag or "latest"}
         with self._open("POST", "/images/create", query=query, timeout=600) as response:
-            for line in response:
+            for line in response.lines():
                 if not line.strip():
                     continue
                 chunk = json.loads(line)
@@ -259,8 +291,12 @@ class Engine:
         return [c["Id"] for c in self._call("GET", "/containers/json", query=query) or ()]
 
 
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@")
+
+
 def _q(part: str) -> str:
-    return quote(part, safe="/:@")
+    """Percent-encode what is not safe in a path or a query value."""
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in part.encode())
 
 
 def _message(raw: bytes) -> str:
@@ -542,7 +578,7 @@ def run_probe(
     wait_s: int = PROBE_WAIT_S,
 ) -> ProbeRun:
     """Run `argv` in `image` with the GPU request the SuperNode gets; always remove it."""
-    run_id = uuid.uuid4().hex[:12]
+    run_id = os.urandom(6).hex()
     body = {
         "Image": image,
         "Entrypoint": argv[:1],

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import Problem
-from agent.gpu import GpuFacts
 from agent.outcome import BootState, ExitCode, Mode, Verdict, exit_code
+
+if TYPE_CHECKING:
+    from agent.gpu import GpuFacts
 
 
 def now() -> str:

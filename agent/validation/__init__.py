@@ -43,23 +43,23 @@ FABRIC_WAIT_S = fabric.WAIT_S
 class Observed:
     """What the stages judge: the GPU facts, the toolkit's (None without a GPU), the image's."""
 
-    gpu: GpuFacts | None  # None: not read (FL_GPU_ENABLED=NO at boot)
+    gpu: GpuFacts | None  # None: not read
     toolkit: ToolkitFacts | None
     image: ImageFacts
 
 
-def observe(config: Config, root: Root, engine, *, gpu: bool = True) -> Observed:
-    """Read everything the stages judge; changes nothing."""
-    facts = collect_facts(root) if gpu else None
+def observe(config: Config, root: Root, engine, image: ImageFacts | None = None) -> Observed:
+    """Read everything the stages judge (the image's facts when not given); changes nothing."""
+    facts = collect_facts(root)
     toolkit_facts = None
-    if facts is not None and facts.present:
-        from agent import toolkit as toolkit_facts_of
+    if facts.present:
+        from agent import toolkit as nvidia_toolkit
 
-        toolkit_facts = toolkit_facts_of.detect(root, engine)
-    return Observed(facts, toolkit_facts, image_facts(engine, config.supernode_image))
+        toolkit_facts = nvidia_toolkit.detect(root, engine)
+    return Observed(facts, toolkit_facts, image or _image_facts(engine, config.supernode_image))
 
 
-def image_facts(engine, reference: str) -> ImageFacts:
+def _image_facts(engine, reference: str) -> ImageFacts:
     """The image's facts from the engine; absent when there is no engine to ask."""
     from agent.engine import EngineError
 
