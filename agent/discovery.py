@@ -33,6 +33,7 @@ from agent.atomicfile import write_atomic
 from agent.config import parse_host_port
 from agent.errors import AgentError, Problem
 from agent.onegate import OneGateError, decode_attributes
+from agent.outcome import problem
 from agent.paths import Root
 
 SUPERLINK_ROLE = "superlink"
@@ -451,13 +452,7 @@ def _transient_read(exc: OneGateError) -> bool:
 
 
 def _not_found(message: str) -> Problem:
-    return Problem(
-        "superlink_not_found",
-        "FL_SUPERLINK_ADDRESS",
-        message,
-        "set FL_SUPERLINK_ADDRESS, or deploy the VM in a OneFlow service with a "
-        f"{SUPERLINK_ROLE!r} role whose VM publishes FL_ENDPOINT",
-    )
+    return problem("superlink_not_found", "FL_SUPERLINK_ADDRESS", message)
 
 
 def _says_yes(template: dict[str, str], *names: str) -> bool:

@@ -99,7 +99,7 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "free space or fix permissions under /var/lib/fl-agent; the node itself is unaffected",
     ),
     "superlink_not_found": (
-        "no SuperLink address: none configured and none discovered through OneGate",
+        "no SuperLink address",
         "set FL_SUPERLINK_ADDRESS=host:port, or deploy the node in a OneFlow service "
         "whose superlink role publishes FL_ENDPOINT",
     ),
@@ -149,12 +149,14 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         _TOOLKIT_FIX,
     ),
     "toolkit_not_configured": (
-        "the engine does not know the nvidia runtime",
+        "Docker does not know the nvidia runtime",
         "`nvidia-ctk runtime configure --runtime=docker` and `systemctl restart docker`",
     ),
     "gpu_driver_not_loaded": (
-        "the toolkit's hook found no loaded NVIDIA kernel module",
-        "load the driver (`modprobe nvidia`) and read the kernel log if it fails",
+        "the NVIDIA kernel module is not loaded",
+        "`modprobe nvidia` and read the kernel log: 'Key was rejected by service' means Secure "
+        "Boot refuses the module (enrol its MOK key or disable Secure Boot); no module for "
+        "`uname -r` means DKMS did not build it (install the kernel headers, `dkms autoinstall`)",
     ),
     "nvml_library_not_found": (
         "the toolkit's hook cannot load NVML: the driver's userspace is not installed",

@@ -196,7 +196,8 @@ def make_plan(config: Config, inputs: PlanInputs) -> Plan:
     record = (Action(ActionKind.RECORD),)
     blocking = inputs.blocking
     if not blocking and not inputs.superlink:
-        blocking = (problem("superlink_not_found", "FL_SUPERLINK_ADDRESS"),)
+        none = "none configured and none discovered through OneGate"
+        blocking = (problem("superlink_not_found", "FL_SUPERLINK_ADDRESS", none),)
     if blocking:
         return Plan(
             Mode.NONE,

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import outcome
 from agent.atomicfile import write_atomic
 from agent.command import RunResult, run_command
 from agent.config import Config
@@ -176,11 +177,8 @@ def _state_problems(facts: ToolkitFacts) -> list[Problem]:
         ]
     if facts.daemon_runtime is None:
         return [
-            Problem(
-                "toolkit_not_configured",
-                "/etc/docker/daemon.json",
-                "runtimes.nvidia is not set",
-                "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
+            outcome.problem(
+                "toolkit_not_configured", "/etc/docker/daemon.json", "no runtimes.nvidia"
             )
         ]
     if facts.engine_runtimes and RUNTIME_NAME not in facts.engine_runtimes:

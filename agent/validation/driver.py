@@ -10,7 +10,7 @@ from agent.errors import Problem
 from agent.gpu.driver import DriverFacts
 from agent.gpu.nvml import NvmlFacts
 from agent.gpu.pci import PciFacts, PciGpu
-from agent.outcome import StageStatus
+from agent.outcome import StageStatus, problem
 from agent.stages import Check
 from agent.validation.wording import TEMPLATE_FIX
 
@@ -50,24 +50,16 @@ def check(pci: PciFacts, driver: DriverFacts, nvml: NvmlFacts) -> Check:
 
 def _not_loaded(pci: PciFacts, nvml: NvmlFacts) -> Check:
     if nvml.error == "LibraryNotFound" and nvml.problem:
-        problem = Problem(
+        missing = Problem(
             nvml.problem.name,
             "driver",
             "no NVIDIA driver is installed: the kernel module is not loaded and "
             "libnvidia-ml.so.1 is missing",
             nvml.problem.fix,
         )
-        return Check.failed(problem)
-    problem = Problem(
-        "gpu_driver_not_loaded",
-        "driver",
-        "the NVIDIA kernel module is not loaded (/proc/driver/nvidia/version absent)"
-        + kernel_errors(pci),
-        "`modprobe nvidia` and read the kernel log: 'Key was rejected by service' means Secure "
-        "Boot refuses the module (enrol its MOK key or disable Secure Boot); no module for "
-        "`uname -r` means DKMS did not build it (install the kernel headers, `dkms autoinstall`)",
-    )
-    return Check.failed(problem)
+        return Check.failed(missing)
+    detail = "/proc/driver/nvidia/version absent" + kernel_errors(pci)
+    return Check.failed(problem("gpu_driver_not_loaded", "driver", detail))
 
 
 def _init_failed(pci: PciFacts, unbound: list[PciGpu], detail: str) -> Check:
