@@ -91,18 +91,20 @@ def boot(
 ) -> Outcome:
     """Run one boot (under the lock unless dry) and return its outcome; never raises for bad
     input."""
+    from contextlib import ExitStack
+
     from agent.state import boot_lock
 
     session = Session(root, options or BootOptions())
     if session.options.dry_run:  # the lock file would be a change under the root
         return _run(session, context_file)
-    try:
-        with boot_lock(root, wait_s=session.options.lock_wait_s):
-            return _run(session, context_file)
-    except AgentError as exc:  # another boot holds the lock
-        return Outcome(
-            BootRecord(BootState.FAILED, session.started_at, now(), problems=exc.problems)
-        )
+    with ExitStack() as held:
+        try:
+            held.enter_context(boot_lock(root, wait_s=session.options.lock_wait_s))
+        except AgentError as exc:  # another boot holds the lock
+            record = BootRecord(BootState.FAILED, session.started_at, now(), problems=exc.problems)
+            return Outcome(record)
+        return _run(session, context_file)
 
 
 def _run(session: Session, context_file: Path | None) -> Outcome:
@@ -368,10 +370,14 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
         validation.write(session.root, report)
     if plan.spec is None:
         return _record(session, plan, facts, report, BootState.FAILED)
-    if plan.has(ActionKind.WRITE_CA):
-        _write_ca(session, facts)
-    if plan.has(ActionKind.PREPARE_DATA_DIR):
-        _prepare_data_dir(Path(facts.data_dir_host))
+    try:
+        if plan.has(ActionKind.WRITE_CA):
+            _write_ca(session, facts)
+        if plan.has(ActionKind.PREPARE_DATA_DIR):
+            _prepare_data_dir(Path(facts.data_dir_host))
+    except OSError as exc:
+        failed = problem("prepare_failed", str(exc.filename or "?"), exc.strerror or str(exc))
+        return _record(session, plan, facts, report, BootState.FAILED, (*plan.problems, failed))
     session.progress.report(BootState.STARTING)
     result = session.timed("converge", _converge, session, plan)
     if not result.running:

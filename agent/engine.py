@@ -69,10 +69,11 @@ _GPU_REFUSALS = (
 
 
 class ErrorKind(StrEnum):
-    ENGINE_GONE = "engine_gone"  # no answer, or the engine failed (5xx)
+    ENGINE_GONE = "engine_gone"  # no answer: not running, restarting, or it went away
     IMAGE_MISSING = "image_missing"
-    GPU_REFUSED = "gpu_refused"
-    START_FAILED = "start_failed"  # the engine refused the request (4xx)
+    GPU_REFUSED = "gpu_refused"  # the engine or the toolkit's hook refused the GPU request
+    START_FAILED = "start_failed"  # the engine answered and refused (4xx, or a 5xx such as
+    # an OCI runtime error at start)
 
 
 class EngineError(Exception):
@@ -88,10 +89,10 @@ class EngineError(Exception):
         text = self.message.lower()
         if self.status == 404 and "no such image" in text:
             return ErrorKind.IMAGE_MISSING
+        if self.status is None:
+            return ErrorKind.ENGINE_GONE
         if any(marker.lower() in text for marker in _GPU_REFUSALS):
             return ErrorKind.GPU_REFUSED
-        if self.status is None or self.status >= 500:
-            return ErrorKind.ENGINE_GONE
         return ErrorKind.START_FAILED
 
 
@@ -475,7 +476,7 @@ def converge(
         try:
             return _converge(engine, spec, fallback, stability_s, sleep)
         except EngineError as exc:
-            if exc.kind is ErrorKind.START_FAILED and attempt == 1:
+            if exc.kind is not ErrorKind.ENGINE_GONE:
                 failed = problem("container_start_failed", spec.name, _short(exc.message))
                 return ConvergeResult(ConvergeAction.CREATED, None, spec, problems=(failed,))
             if attempt == 2:

@@ -103,6 +103,10 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "set FL_SUPERLINK_ADDRESS=host:port, or deploy the node in a OneFlow service "
         "whose superlink role publishes FL_ENDPOINT",
     ),
+    "prepare_failed": (
+        "a file or directory the container needs could not be written (the CA, FL_DATA_DIR)",
+        "check the path, its parent directories and the free space",
+    ),
     "gpu_validation_failed": (
         "the GPU path failed",
         "run `fl-agent validate` for the failing stage",

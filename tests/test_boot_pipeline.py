@@ -249,3 +249,31 @@ def test_dry_run_changes_nothing_under_the_root_and_exits_as_the_boot_would(
     if mode is not None:
         assert record["plan"]["mode"] == mode
         assert record["validation"]["failed_stage"] == "toolkit"
+
+
+# --- the data directory (issue 17): created when absent, never changed when there
+
+
+def test_an_absent_data_dir_is_created_0755_whatever_the_umask(tmp_path):
+    import os
+
+    from agent.boot import _prepare_data_dir
+
+    target = tmp_path / "opt/flower/data"
+    old = os.umask(0o077)
+    try:
+        _prepare_data_dir(target)
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o755
+
+
+def test_an_existing_data_dir_is_left_as_it_is(tmp_path):
+    existing = tmp_path / "data"
+    existing.mkdir(mode=0o700)
+    handed = facts(data_dir_host=str(existing), data_dir_exists=True)
+    plan = plan_boot(handed, None)
+    assert not plan.has(ActionKind.PREPARE_DATA_DIR)
+    absent = plan_boot(facts(data_dir_host=str(tmp_path / "new"), data_dir_exists=False), None)
+    assert absent.has(ActionKind.PREPARE_DATA_DIR)
+    assert existing.stat().st_mode & 0o777 == 0o700
