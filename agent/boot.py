@@ -112,7 +112,7 @@ def _run(session: Session, context_file: Path | None) -> Outcome:
     report = evaluate(session, facts)
     plan = plan_boot(facts, report)
     if session.options.dry_run:
-        return session.outcome(plan, facts, report, plan.state, dry_run=True)
+        return session.outcome(plan, facts, report, Ending(plan.state), dry_run=True)
     return apply(session, plan, facts, report)
 
 
@@ -176,32 +176,39 @@ class Session:
         plan: Plan,
         facts: Facts,
         report: ValidationReport | None,
-        state: BootState,
+        ending: Ending,
         *,
-        problems: tuple[Problem, ...] | None = None,
-        mode: Mode = Mode.NONE,
-        container: ConvergeResult | None = None,
         dry_run: bool = False,
     ) -> Outcome:
         self.timings["total"] = round((time.monotonic() - self.started) * 1000, 1)
         record = BootRecord(
-            state=state,
+            state=ending.state,
             started_at=self.started_at,
             finished_at=now(),
             invalid_config=facts.invalid_config,
             dry_run=dry_run,
-            mode=mode if not dry_run else plan.mode,
+            mode=ending.mode if not dry_run else plan.mode,
             context_source=facts.context_source,
             flower_version=facts.config.flower_version if facts.config else None,
-            problems=plan.problems if problems is None else problems,
+            problems=plan.problems if ending.problems is None else ending.problems,
             timings_ms=tuple(self.timings.items()),
             last_reported_state=self.progress.last,
             plan=plan.to_dict() if facts.config else None,
             validation=report.to_dict() if report else None,
             discovery=facts.discovery.to_dict() if facts.discovery else None,
-            container=container.to_dict() if container else None,
+            container=ending.container.to_dict() if ending.container else None,
         )
         return Outcome(record, plan)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a boot ends: its state, its problems (None: the plan's), what runs, the container."""
+
+    state: BootState
+    problems: tuple[Problem, ...] | None = None
+    mode: Mode = Mode.NONE
+    container: ConvergeResult | None = None
 
 
 # --------------------------------------------------------------------------- observe
@@ -369,7 +376,7 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
 
         validation.write(session.root, report)
     if plan.spec is None:
-        return _record(session, plan, facts, report, BootState.FAILED)
+        return _record(session, plan, facts, report, Ending(BootState.FAILED))
     try:
         if plan.has(ActionKind.WRITE_CA):
             _write_ca(session, facts)
@@ -377,12 +384,13 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
             _prepare_data_dir(Path(facts.data_dir_host))
     except OSError as exc:
         failed = problem("prepare_failed", str(exc.filename or "?"), exc.strerror or str(exc))
-        return _record(session, plan, facts, report, BootState.FAILED, (*plan.problems, failed))
+        ending = Ending(BootState.FAILED, (*plan.problems, failed))
+        return _record(session, plan, facts, report, ending)
     session.progress.report(BootState.STARTING)
     result = session.timed("converge", _converge, session, plan)
     if not result.running:
-        problems = plan.problems + result.problems
-        return _record(session, plan, facts, report, BootState.FAILED, problems, container=result)
+        ending = Ending(BootState.FAILED, plan.problems + result.problems, container=result)
+        return _record(session, plan, facts, report, ending)
     problems = plan.problems
     if result.gpu_start_error:
         refusal = f"running on CPU: {result.gpu_start_error[:200]}"
@@ -390,7 +398,7 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     degraded = plan.degraded or result.gpu_start_error is not None
     state = BootState.DEGRADED if degraded else BootState.RUNNING
     mode = result.spec.mode if result.spec else plan.mode
-    return _record(session, plan, facts, report, state, problems, mode, result)
+    return _record(session, plan, facts, report, Ending(state, problems, mode, result))
 
 
 def _prepare(
@@ -471,14 +479,7 @@ def _converge(session: Session, plan: Plan) -> ConvergeResult:
 
 
 def _record(
-    session: Session,
-    plan: Plan,
-    facts: Facts,
-    report: ValidationReport | None,
-    state: BootState,
-    problems: tuple[Problem, ...] | None = None,
-    mode: Mode = Mode.NONE,
-    container: ConvergeResult | None = None,
+    session: Session, plan: Plan, facts: Facts, report: ValidationReport | None, ending: Ending
 ) -> Outcome:
     """The terminal record: OneGate (READY only when running), state file, appliance report."""
     from agent import appliance
@@ -486,13 +487,11 @@ def _record(
     from agent.record import gpu_attributes
     from agent.state import write_state
 
-    outcome = session.outcome(
-        plan, facts, report, state, problems=problems, mode=mode, container=container
-    )
-    record = outcome.record
+    record = session.outcome(plan, facts, report, ending).record
+    state = ending.state
     error = (record.problems[0].name, record.problems[0].message) if record.problems else None
     gpu = report.facts if report else None
-    attrs = gpu_attributes(gpu, mode, record.validation)
+    attrs = gpu_attributes(gpu, ending.mode, record.validation)
     session.progress.report(state, facts=attrs, error=error, ready=state in READY)
     record = replace(record, last_reported_state=session.progress.last)
     failed = write_state(session.root, record.to_dict())
