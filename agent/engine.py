@@ -232,10 +232,8 @@ class Engine:
 
     def pull_stream(self, reference: str) -> Iterator[dict]:
         """The engine's progress messages while it pulls; EngineError on the first error."""
-        repo, _, tag = (
-            reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "")
-        )
-        query = {"fromImage": repo, "tag": tag or "latest"}
+        repo, tag = split_reference(reference)
+        query = {"fromImage": repo, "tag": tag}
         with self._open("POST", "/images/create", query=query, timeout=600) as response:
             for line in response.lines():
                 if not line.strip():
@@ -293,6 +291,15 @@ class Engine:
 
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@")
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """(repository, tag or digest) as the pull call takes them; an empty tag would pull every
+    tag, so no tag means `latest`."""
+    name, _, digest = reference.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    repo, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
+    return repo, digest or tag
 
 
 def _q(part: str) -> str:
