@@ -30,6 +30,7 @@ import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -381,9 +382,16 @@ def _file_mode(path: Path) -> int:
 # --- ensure ---
 
 
+class ToolkitAction(StrEnum):
+    PRESENT = "present"
+    INSTALLED = "installed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ToolkitResult:
-    action: str  # present | installed | skipped | failed
+    action: ToolkitAction
     facts: ToolkitFacts
     problem: Problem | None = None
     duration_ms: int = 0
@@ -391,7 +399,7 @@ class ToolkitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "action": self.action,
+            "action": str(self.action),
             "facts": self.facts.to_dict(),
             "problem": self.problem.to_dict() if self.problem else None,
             "duration_ms": self.duration_ms,
@@ -457,17 +465,17 @@ def ensure(
     started = time.monotonic()
     facts = detect(root, engine)
 
-    def done(action: str, problem: Problem | None, steps=(), after=None) -> ToolkitResult:
+    def done(action: ToolkitAction, problem: Problem | None, steps=(), after=None) -> ToolkitResult:
         duration = int((time.monotonic() - started) * 1000)
         return ToolkitResult(action, after or facts, problem, duration, tuple(steps))
 
     if facts.ready:
-        return done("present", None)
+        return done(ToolkitAction.PRESENT, None)
     if not gpu_present:
-        return done("skipped", None, ["no GPU: toolkit not needed"])
+        return done(ToolkitAction.SKIPPED, None, ["no GPU: toolkit not needed"])
     blocking = _blocking_problem(facts)
     if config.toolkit_install == "NEVER":
-        return done("skipped", blocking, ["FL_TOOLKIT_INSTALL=NEVER: nothing changed"])
+        return done(ToolkitAction.SKIPPED, blocking, ["FL_TOOLKIT_INSTALL=NEVER: nothing changed"])
     job = _Job(
         root=root,
         runner=runner or run_command,
@@ -479,10 +487,11 @@ def ensure(
         with _lock(root, job):
             after = _converge(job, engine)
     except _Failed as failed:
-        return done("failed", failed.problem, job.steps, detect(root, engine))
+        return done(ToolkitAction.FAILED, failed.problem, job.steps, detect(root, engine))
     if not after.ready:
-        return done("failed", _blocking_problem(after), job.steps, after)
-    return done("installed" if job.changed else "present", None, job.steps, after)
+        return done(ToolkitAction.FAILED, _blocking_problem(after), job.steps, after)
+    installed = ToolkitAction.INSTALLED if job.changed else ToolkitAction.PRESENT
+    return done(installed, None, job.steps, after)
 
 
 def _blocking_problem(facts: ToolkitFacts) -> Problem | None:
