@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import traceback
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _settings: dict = {"level": "INFO", "stream": None, "console": None}
@@ -51,6 +50,8 @@ class JsonLogger:
         self._write("error", event, fields)
 
     def exception(self, event: str, **fields) -> None:
+        import traceback
+
         self._write("error", event, {**fields, "exception": traceback.format_exc()})
 
 
