@@ -277,3 +277,52 @@ def test_an_existing_data_dir_is_left_as_it_is(tmp_path):
     absent = plan_boot(facts(data_dir_host=str(tmp_path / "new"), data_dir_exists=False), None)
     assert absent.has(ActionKind.PREPARE_DATA_DIR)
     assert existing.stat().st_mode & 0o777 == 0o700
+
+
+# --- the toolkit installed by the boot, the validation resumed from its stage
+
+_BOOT = """
+import json, sys
+from pathlib import Path
+from agent.boot import BootOptions, boot
+from agent.paths import Root
+args = json.loads(sys.argv[1])
+outcome = boot(Root(Path(args["root"])), Path(args["context"]), BootOptions(stability_s=0.5))
+print(json.dumps({"code": int(outcome.exit_code), "record": outcome.record.to_dict()}))
+"""
+
+
+@pytest.mark.docker
+def test_a_boot_installs_the_toolkit_and_resumes_from_its_stage(
+    tmp_path,
+    nvml_stub,  # noqa: F811
+    standin_images,
+    no_supernode,
+):
+    import shutil
+
+    from agent import toolkit
+    from tests.toolkit_repo import build_packages
+
+    root = load_driver(gpu_vm(tmp_path / "root", "nvidia"))
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").touch()
+    baked = root / toolkit.BAKED_DIR.lstrip("/")
+    baked.mkdir(parents=True)
+    for deb in build_packages(tmp_path / "debs"):
+        shutil.copy(deb, baked)
+    ctx = context_file(tmp_path, FL_SUPERNODE_IMAGE=standin_images["ok"])
+    payload = json.dumps({"root": str(root), "context": str(ctx)})
+    result = run_python(_BOOT, [payload], nvml_env(nvml_stub, h100(), tmp_path))
+    record, validation = result["record"], result["record"]["validation"]
+    # installed, then validated again from the toolkit stage; this engine (its root is not this
+    # tree's, so it is not restarted) has no nvidia runtime: the node runs on CPU
+    assert result["code"] == ExitCode.DEGRADED and record["mode"] == "CPU"
+    assert validation["toolkit"]["steps"][0].startswith("dpkg -i 2 baked packages: exit 0")
+    statuses = {s["name"]: s["status"] for s in validation["stages"]}
+    assert [statuses[s] for s in ("pci", "driver", "nvml", "toolkit")] == ["ok", "ok", "ok", "fail"]
+    assert validation["problem"]["name"] == "docker_restart_needed"
+    assert (root / "usr/bin/nvidia-ctk").exists()
+    markers = sorted(p.name for p in (root / "run/fl-agent/validations").iterdir())
+    assert markers == ["driver-ready", "fabric-ready", "nvml-ready", "pci-ready"]
+    assert record["last_reported_state"] == "DEGRADED"

@@ -1,6 +1,6 @@
 """A stand-in NVIDIA Container Toolkit, packaged for real, and a signed flat apt repository.
 
-Two packages built with dpkg-deb, shaped like NVIDIA's (gpu-stack.md 2.3):
+Two packages built with dpkg-deb, shaped like NVIDIA's (the same names, files and dependency):
 - nvidia-container-toolkit-base: /usr/bin/nvidia-ctk (a Python script that does
   `runtime configure --runtime=docker` the way the real one does: whole file rewritten, keys
   sorted, 4-space indent, runtimes.nvidia added, fails on an empty or invalid file; with
