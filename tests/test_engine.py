@@ -119,3 +119,16 @@ def test_quoting_keeps_references_and_escapes_the_rest():
 )
 def test_a_reference_splits_into_what_the_pull_call_takes(reference, split):
     assert engine.split_reference(reference) == split
+
+
+def test_the_engine_is_reached_from_agent_engine_only():
+    """No module of the agent imports the docker SDK; only agent/engine.py opens sockets."""
+    import re
+    from pathlib import Path
+
+    package = Path(engine.__file__).parent
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import docker|from docker)\b", text, re.M), path
+        if path.name != "engine.py":
+            assert "AF_UNIX" not in text and "socket.socket(" not in text, path
