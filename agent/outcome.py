@@ -10,8 +10,10 @@ written here once, with its cause and its fix.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
-from agent.errors import Problem
+if TYPE_CHECKING:
+    from agent.errors import Problem
 
 
 class BootState(StrEnum):
@@ -198,6 +200,8 @@ PROBLEMS: dict[str, tuple[str, str]] = {
 
 def problem(name: str, subject: str, detail: str = "", *, fix: str | None = None) -> Problem:
     """The catalogue's problem `name` about `subject`: its cause, then `detail` when given."""
+    from agent.errors import Problem  # dataclasses: not for the CLI's start
+
     cause, default_fix = PROBLEMS[name]
     message = f"{cause}: {detail}" if detail else cause
     return Problem(name, subject, message, default_fix if fix is None else fix)
