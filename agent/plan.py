@@ -6,7 +6,7 @@ tests build them by hand. GPU or CPU is decided here and only here: the validati
 what works, the engine falls back to the plan's CPU spec when it refuses the GPU request.
 
 When the GPU path waits for an action (the toolkit install, the image pull) the plan runs that
-action first and resumes the validation from the stage that waits (`GpuVerdict.resume_from`):
+action first and resumes the validation from the stage that waits (`Plan.resume_from`):
 the GPU spec then runs when the resumed validation passes, else its CPU fallback.
 """
 
