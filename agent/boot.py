@@ -17,6 +17,7 @@ outcome, so READY stays while the node keeps running.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from agent.plan import ActionKind, GpuVerdict, ImageFacts, Plan, PlanInputs, mak
 from agent.record import BootRecord, now
 
 if TYPE_CHECKING:
-    from agent.discovery import Discovery
+    from agent.discovery import Discovery, Pin
     from agent.engine import ConvergeResult, Engine
     from agent.validation import Observed, ValidationReport
 
@@ -81,9 +82,11 @@ class Facts:
     image: ImageFacts | None = None  # the SuperNode image as the engine has it
     observed: Observed | None = None  # GPU, toolkit and image facts (FL_GPU_ENABLED not NO)
     discovery: Discovery | None = None
+    pin: Pin | None = None  # the SuperLink identity to pin once the node runs (first use)
     data_dir_host: str = ""  # FL_DATA_DIR under the root
     data_dir_exists: bool = True
     ca_host_path: str = ""  # where the CA goes under the root
+    pin_path: str = ""  # where the pin goes under the root
 
 
 def boot(
@@ -215,8 +218,18 @@ class Ending:
 
 
 def observe(session: Session, context_file: Path | None) -> Facts:
-    """Read the context, the config, the engine, the GPU, toolkit and image facts, and
-    discovery. Writes nothing (progress reports aside)."""
+    """Read the context and config, the engine, discovery, then the image, GPU and toolkit
+    facts; stop at the first thing that blocks the node. Writes nothing (progress reports
+    aside)."""
+    facts = _observe_inputs(session, context_file)
+    for step in (_observe_engine, _observe_discovery, _observe_node):
+        if facts.blocking:
+            return facts
+        facts = step(session, facts)
+    return facts
+
+
+def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
     from agent.inputs import read_inputs
 
     try:
@@ -230,18 +243,48 @@ def observe(session: Session, context_file: Path | None) -> Facts:
     if config is None:
         return replace(facts, blocking=inputs.result.problems, invalid_config=True)
     session.progress.report(BootState.CONFIGURING)
+    return facts
+
+
+def _observe_engine(session: Session, facts: Facts) -> Facts:
     try:
         session.engine = session.timed("docker", _connect, session)
     except AgentError as exc:
         return replace(facts, blocking=exc.problems)
-    found = session.timed("discovery", _discover, session, config)
-    if found.problems:
-        return replace(facts, discovery=found, blocking=found.problems)
+    return facts
+
+
+def _observe_discovery(session: Session, facts: Facts) -> Facts:
+    from agent import discovery
+
+    assert facts.config is not None
+    pinned, pin_problem = discovery.read_pin(session.root)
+    if pin_problem is not None:
+        return replace(facts, blocking=(pin_problem,))
+    found = session.timed("discovery", _discover, session, facts.config, pinned)
+    return replace(
+        facts,
+        discovery=found,
+        blocking=found.problems,
+        pin=discovery.pin_update(found, pinned),
+        pin_path=str(discovery.pin_path(session.root)),
+        ca_host_path=str(session.root.path(discovery.CA_PATH)),
+    )
+
+
+def _observe_node(session: Session, facts: Facts) -> Facts:
+    """The image, the data directory and (unless FL_GPU_ENABLED=NO) the GPU and toolkit."""
+    config = facts.config
+    assert config is not None
     session.progress.report(BootState.VALIDATING)
     try:
         image = session.timed("image", _image, session, config.supernode_image)
     except AgentError as exc:
-        return replace(facts, discovery=found, blocking=exc.problems)
+        return replace(facts, blocking=exc.problems)
+    data_dir = session.root.path(config.data_dir)
+    refused = _data_dir_refused(session.root, data_dir)
+    if refused is not None:
+        return replace(facts, blocking=(problem("data_dir_unusable", config.data_dir, refused),))
     observed = None
     if config.wants_gpu:
         from agent import validation
@@ -249,18 +292,26 @@ def observe(session: Session, context_file: Path | None) -> Facts:
         observed = session.timed(
             "observe", validation.observe, config, session.root, session.engine, image
         )
-    from agent.discovery import CA_PATH
-
-    data_dir = session.root.path(config.data_dir)
     return replace(
         facts,
-        discovery=found,
         image=image,
         observed=observed,
         data_dir_host=str(data_dir),
         data_dir_exists=data_dir.is_dir(),
-        ca_host_path=str(session.root.path(CA_PATH)),
     )
+
+
+def _data_dir_refused(root: Root, path: Path) -> str | None:
+    """FL_DATA_DIR's rules (agent/config.py) again, on the path with its symlinks resolved."""
+    from agent.config import data_dir_problem
+
+    resolved = path.resolve()
+    try:
+        inside = "/" + str(resolved.relative_to(root.prefix.resolve()))
+    except ValueError:
+        return f"it resolves to {resolved}, outside the root {root.prefix}"
+    why = data_dir_problem(inside.rstrip("/") or "/")
+    return f"it resolves to {inside}: {why}" if why else None
 
 
 def _reporter(session: Session, platform: Platform):
@@ -305,8 +356,9 @@ def _image(session: Session, reference: str) -> ImageFacts:
         raise AgentError(problem("docker_unavailable", "docker", exc.message[:200])) from None
 
 
-def _discover(session: Session, config: Config) -> Discovery:
-    """Static values first; OneGate only for what the context leaves empty (discovery decides)."""
+def _discover(session: Session, config: Config, pinned: Pin | None) -> Discovery:
+    """Static values first; OneGate only for what the context leaves empty (discovery decides);
+    an identity pinned at the first successful boot is kept (trust on first use)."""
     from agent import discovery
 
     options = session.options
@@ -317,6 +369,7 @@ def _discover(session: Session, config: Config) -> Discovery:
         interval_s=options.discovery_interval_s,
         ca_attempts=options.ca_attempts,
         ca_interval_s=options.ca_interval_s,
+        pinned=pinned,
     )
 
 
@@ -358,6 +411,7 @@ def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -
         ca_pem=ca_pem,
         ca_host_path=facts.ca_host_path if ca_pem else None,
         data_dir_exists=facts.data_dir_exists,
+        pin_path=facts.pin_path if facts.pin else None,
         validated=config.wants_gpu and report is not None,
         blocking=facts.blocking,
         **changes,
@@ -377,13 +431,8 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
         validation.write(session.root, report)
     if plan.spec is None:
         return _record(session, plan, facts, report, Ending(BootState.FAILED))
-    try:
-        if plan.has(ActionKind.WRITE_CA):
-            _write_ca(session, facts)
-        if plan.has(ActionKind.PREPARE_DATA_DIR):
-            _prepare_data_dir(Path(facts.data_dir_host))
-    except OSError as exc:
-        failed = problem("prepare_failed", str(exc.filename or "?"), exc.strerror or str(exc))
+    failed = _prepare_files(session, plan, facts)
+    if failed is not None:
         ending = Ending(BootState.FAILED, (*plan.problems, failed))
         return _record(session, plan, facts, report, ending)
     session.progress.report(BootState.STARTING)
@@ -391,10 +440,15 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     if not result.running:
         ending = Ending(BootState.FAILED, plan.problems + result.problems, container=result)
         return _record(session, plan, facts, report, ending)
-    problems = plan.problems
+    problems = plan.problems + (facts.discovery.warnings if facts.discovery else ())
     if result.gpu_start_error:
         refusal = f"running on CPU: {result.gpu_start_error[:200]}"
         problems += (problem("gpu_start_failed", plan.spec.name, refusal),)
+    if plan.has(ActionKind.WRITE_PIN) and facts.pin is not None:
+        from agent.discovery import write_pin
+
+        unpinned = write_pin(session.root, facts.pin)
+        problems += (unpinned,) if unpinned else ()
     degraded = plan.degraded or result.gpu_start_error is not None
     state = BootState.DEGRADED if degraded else BootState.RUNNING
     mode = result.spec.mode if result.spec else plan.mode
@@ -447,11 +501,24 @@ def _prepare(
     return make_plan(config, inputs), facts, report
 
 
-def _write_ca(session: Session, facts: Facts) -> None:
+def _prepare_files(session: Session, plan: Plan, facts: Facts) -> Problem | None:
+    """The CA and the data directory the container mounts; a failure is a problem."""
     from agent.discovery import write_ca
 
-    assert facts.discovery is not None and facts.discovery.ca_pem
-    write_ca(facts.discovery.ca_pem, session.root)
+    config = facts.config
+    assert config is not None
+    if plan.has(ActionKind.WRITE_CA):
+        assert facts.discovery is not None and facts.discovery.ca_pem
+        try:
+            write_ca(facts.discovery.ca_pem, session.root)
+        except OSError as exc:
+            return problem("ca_write_failed", str(exc.filename or "ca.pem"), str(exc.strerror))
+    if plan.has(ActionKind.PREPARE_DATA_DIR):
+        try:
+            _prepare_data_dir(Path(facts.data_dir_host))
+        except OSError as exc:
+            return problem("data_dir_unusable", config.data_dir, str(exc.strerror or exc))
+    return None
 
 
 def _prepare_data_dir(path: Path) -> None:
@@ -461,7 +528,9 @@ def _prepare_data_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o755)
     except FileExistsError:
-        return  # created since observe read it: someone else's, left as it is
+        if path.is_dir():
+            return  # created since observe looked: someone else's, left as it is
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
     path.chmod(0o755)  # mkdir's mode went through the umask
 
 

@@ -11,13 +11,22 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.outcome import BootState, ExitCode, exit_code
+from agent.terminal import escape_all, escape_controls
+
+SECRET_VARIABLES = ("ONEGATE_TOKEN", "TOKENTXT")
 
 
-def _emit(data: object, as_json: bool, text: Callable[[], str]) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n" if as_json else text())
+def _emit(data: object, as_json: bool, text: Callable[[Any], str]) -> None:
+    """JSON as is (json.dumps escapes every control character), or `text` of the data with
+    every string escaped: human output never carries raw control characters from input."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    else:
+        sys.stdout.write(text(escape_all(data)))
 
 
 def _root(args: argparse.Namespace):
@@ -39,7 +48,8 @@ def cmd_context(args: argparse.Namespace) -> int:
         return _report_problems(exc.problems, args.json)
     ctx, result = inputs.context, inputs.result
     if args.raw:
-        _emit(ctx.variables, args.json, lambda: _raw_text(ctx.variables))
+        shown = {k: "***" if k in SECRET_VARIABLES and v else v for k, v in ctx.variables.items()}
+        _emit(shown, args.json, _raw_text)
         return ExitCode.OK
     data = {
         "source": ctx.source,
@@ -50,12 +60,12 @@ def cmd_context(args: argparse.Namespace) -> int:
         "sources": result.sources,
         "errors": [p.to_dict() for p in result.problems],
     }
-    _emit(data, args.json, lambda: _config_text(data))
+    _emit(data, args.json, _config_text)
     return ExitCode.OK if result.ok else ExitCode.INVALID
 
 
 def _raw_text(variables: dict[str, str]) -> str:
-    return "".join(f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in variables.items())
+    return "".join(f"{k}={v}\n" for k, v in variables.items())
 
 
 def _config_text(data: dict) -> str:
@@ -73,7 +83,7 @@ def _report_problems(problems, as_json: bool) -> int:
         _emit({"valid": False, "errors": [p.to_dict() for p in problems]}, True, str)
     else:
         for p in problems:
-            sys.stderr.write(f"error: {p}\n")
+            sys.stderr.write(f"error: {escape_controls(str(p))}\n")
     return ExitCode.INVALID
 
 
@@ -94,9 +104,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         ca_interval_s=args.discovery_interval / 2,
     )
     outcome = boot(_root(args), args.context_file, options)
-    record = outcome.record.to_dict()
-    text = _plan_text if args.dry_run else _outcome_text
-    _emit(record, args.json, lambda: text(record))
+    _emit(outcome.record.to_dict(), args.json, _plan_text if args.dry_run else _outcome_text)
     return outcome.exit_code
 
 
@@ -141,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     data: dict = {"last_boot": record}
     if args.remote:
         data["remote"] = _remote_status(root, args.context_file)
-    _emit(data, args.json, lambda: _status_text(data))
+    _emit(data, args.json, _status_text)
     if record is None or record.get("state") not in tuple(BootState):
         return ExitCode.FAILED
     return exit_code(BootState(record["state"]))
@@ -190,7 +198,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _report_problems(inputs.result.problems, args.json)
     report = validate(inputs.result.config, root, repair=args.repair)
     data = report.to_dict()
-    _emit(data, args.json, lambda: _validation_text(data))
+    _emit(data, args.json, _validation_text)
     return ExitCode.OK if report.as_requested else ExitCode.FAILED
 
 
@@ -210,7 +218,7 @@ def cmd_host_check(args: argparse.Namespace) -> int:
     from agent.host import check_host
 
     report = check_host(_root(args))
-    _emit(report.to_dict(), args.json, lambda: _stages_text(report.to_dict()))
+    _emit(report.to_dict(), args.json, _stages_text)
     return ExitCode.OK if report.ok else ExitCode.FAILED
 
 
@@ -222,6 +230,106 @@ def _stages_text(data: dict) -> str:
             lines.append(f"       FIX: {stage['hint']}")
     lines.append(data["verdict"])
     return "\n".join(lines) + "\n"
+
+
+# --- dev-char-links ---
+
+
+def cmd_dev_char_links(args: argparse.Namespace) -> int:
+    """Run at boot and by the udev rule when the nvidia driver binds (udev/)."""
+    from agent.devchar import ensure_dev_char_links
+    from agent.toolkit import detect
+
+    root = _root(args)
+    result = ensure_dev_char_links(root, detect(root).ctk_path)
+    data = {
+        "via": result.via,
+        "created": list(result.created),
+        "present": list(result.present),
+        "ctk_output": result.ctk_output,
+        "problem": result.problem.to_dict() if result.problem else None,
+    }
+    _emit(data, args.json, _dev_char_text)
+    return ExitCode.FAILED if result.problem else ExitCode.OK
+
+
+def _dev_char_text(data: dict) -> str:
+    lines = [f"/dev/char links via {data['via']}: {len(data['present'])} present"]
+    lines += [f"  created {name}" for name in data["created"]]
+    if data["ctk_output"]:
+        lines.append(f"  nvidia-ctk failed: {data['ctk_output']}")
+    if data["problem"]:
+        lines.append(f"  {data['problem']['message']} (fix: {data['problem']['fix']})")
+    return "\n".join(lines) + "\n"
+
+
+# --- trust ---
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """The SuperLink identity pinned at the first successful boot against what OneGate
+    publishes now; with --accept, pin what it publishes now."""
+    from agent.discovery import Pin, discover, read_pin, write_pin
+    from agent.errors import AgentError
+    from agent.inputs import read_inputs
+    from agent.onegate import Reporter
+
+    root = _root(args)
+    try:
+        inputs = read_inputs(root, args.context_file)
+    except AgentError as exc:
+        return _report_problems(exc.problems, args.json)
+    config = inputs.result.config
+    if config is None:
+        return _report_problems(inputs.result.problems, args.json)
+    pinned, pin_problem = read_pin(root)
+    reporter = Reporter.from_platform(inputs.platform, root, total_timeout_s=args.timeout)
+    found = discover(config, reporter, attempts=1, interval_s=0, ca_attempts=1, ca_interval_s=0)
+    published = found.learned or Pin()
+    differs = pinned is not None and _pin_differs(pinned, published)
+    problems = [*([pin_problem] if pin_problem else []), *found.problems]
+    accepted = False
+    if args.accept and not found.problems and found.learned is not None:
+        write_problem = write_pin(root, found.learned)
+        problems += [write_problem] if write_problem else []
+        accepted = write_problem is None
+    data = {
+        "pinned": pinned.to_dict() if pinned else None,
+        "published": published.to_dict(),
+        "differs": differs,
+        "accepted": accepted,
+        "problems": [p.to_dict() for p in problems],
+    }
+    _emit(data, args.json, _trust_text)
+    if args.accept:
+        return ExitCode.OK if accepted else ExitCode.FAILED
+    return ExitCode.FAILED if differs or problems else ExitCode.OK
+
+
+def _pin_differs(pinned, published) -> bool:
+    return any(
+        new is not None and old is not None and new != old
+        for old, new in (
+            (pinned.superlink_address, published.superlink_address),
+            (pinned.ca_pem, published.ca_pem),
+        )
+    )
+
+
+def _trust_text(data: dict) -> str:
+    def row(label: str, pin: dict | None) -> str:
+        if pin is None:
+            return f"{label}: nothing pinned yet\n"
+        ca = ", ".join(pin["ca_sha256"]) or "none"
+        return f"{label}: address {pin['superlink_address'] or 'none'}  CA sha256 {ca}\n"
+
+    text = row("pinned", data["pinned"]) + row("OneGate now", data["published"])
+    text += "".join(f"problem: {p['subject']}: {p['message']}\n" for p in data["problems"])
+    if data["accepted"]:
+        return text + "accepted: OneGate's values are pinned\n"
+    if data["differs"]:
+        return text + "differs: run `fl-agent trust --accept` if the change is yours\n"
+    return text
 
 
 # --- parser ---
@@ -307,9 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     context_file(p)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser(
+        "trust", help="the SuperLink endpoint and CA pinned at the first boot vs OneGate's"
+    )
+    context_file(p)
+    p.add_argument("--accept", action="store_true", help="pin what OneGate publishes now")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="OneGate budget")
+    p.set_defaults(func=cmd_trust)
+
     p = sub.add_parser("host-check", help="check a KVM host for GPU passthrough")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_host_check)
+
+    p = sub.add_parser(
+        "dev-char-links", help="create the /dev/char links of the NVIDIA device nodes"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dev_char_links)
 
     from agent.one.commands import register as _register_one
 

@@ -6,6 +6,10 @@ Rules (documented in the README):
   ``ONEAPP_FLOWER_VERSION``; the agent's own name wins when both are set and non-empty;
 - YES/NO/AUTO values are case-insensitive; anything else is an error naming the variable,
   the value (masked when secret) and the accepted forms.
+
+Every value is untrusted text: each check runs in time linear in its (bounded) length, digits
+are ASCII digits ([0-9], never \\d or str.isdigit, which accept other scripts' digits), and
+values are parsed by their real grammars (Docker's image reference, Flower's node config).
 """
 
 from __future__ import annotations
@@ -27,14 +31,31 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _GPU_UUID = re.compile(rf"^GPU-{_UUID}$")
 _MIG_UUID = re.compile(rf"^MIG-{_UUID}$")
-_MIG_LEGACY = re.compile(rf"^MIG-GPU-{_UUID}/\d+/\d+$")
+_MIG_LEGACY = re.compile(rf"^MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}}$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_IMAGE = re.compile(
-    r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+_HOST_PORT = re.compile(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]\s]+):([0-9]{1,5})")
+MAX_HOST_PORT = 253 + 1 + 5
+
+# Docker's image reference grammar (github.com/distribution/reference, regexp.go), ASCII only.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"  # what a pull accepts
+_REFERENCE = re.compile(
+    rf"(?:({_DOMAIN})/)?({_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?"
 )
-# Flower's own split of --node-config (flwr/common/config.py parse_config_args).
-_NODE_CONFIG_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+MAX_IMAGE_NAME = 255  # NameTotalLengthMax
+MAX_IMAGE_REFERENCE = MAX_IMAGE_NAME + 1 + 128 + 1 + 7 + 128
+
+# Flower's node config: space-separated key=value (flwr/common/config.py parse_config_args),
+# read one anchored pair at a time so the scan is linear.
+_NODE_CONFIG_AT = re.compile(r"\s*([^\s=]+)=('[^']*'|\"[^\"]*\"|\S+)(?=\s|$)")
+_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+MAX_NODE_CONFIG = 4096
+MAX_DATA_DIR = 1024
+MAX_PATH_COMPONENT = 255
+MAX_CA_BASE64 = 96 * 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,60 @@ class DeviceSelector:
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """A Docker image reference split as the engine reads it.
+
+    `registry` is None for Docker Hub names (docker's rule: the first component is a registry
+    only when it has a '.' or ':', is `localhost`, or has upper case letters).
+    """
+
+    registry: str | None
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def name(self) -> str:
+        """What `docker pull` takes as the repository."""
+        return f"{self.registry}/{self.repository}" if self.registry else self.repository
+
+    @property
+    def pull_tag(self) -> str:
+        """The `tag` argument of an Engine pull: the digest when there is one (the engine then
+        pulls by digest), else the tag, else `latest`."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        text = self.name + (f":{self.tag}" if self.tag else "")
+        return text + (f"@{self.digest}" if self.digest else "")
+
+
+def parse_image_reference(text: str) -> ImageReference | None:
+    """`text` as Docker parses an image reference; None when docker would refuse it."""
+    if len(text) > MAX_IMAGE_REFERENCE or not text.isascii():
+        return None
+    match = _REFERENCE.fullmatch(text)
+    if match is None:
+        return None
+    domain, path, tag, digest = match.groups()
+    if domain is not None and not _is_registry(domain):
+        domain, path = None, f"{domain}/{path}"
+    name = f"{domain}/{path}" if domain else path
+    if len(name) > MAX_IMAGE_NAME or re.fullmatch(r"[a-f0-9]{64}", name):
+        return None  # too long, or an image id that docker refuses as a name
+    return ImageReference(domain, path, tag, digest)
+
+
+def _is_registry(component: str) -> bool:
+    return (
+        "." in component
+        or ":" in component
+        or component == "localhost"
+        or component.lower() != component
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +147,14 @@ class Config:
     @property
     def wants_gpu(self) -> bool:
         return self.gpu_enabled != "NO"
+
+    @property
+    def image_reference(self) -> ImageReference:
+        """The SuperNode image parsed: what a pull needs (a digest is pulled as a digest)."""
+        parsed = parse_image_reference(self.supernode_image)
+        if parsed is None:  # build_config refuses such values; a hand-built Config may not
+            raise ValueError(f"not an image reference: {self.supernode_image!r}")
+        return parsed
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view with the secret masked."""
@@ -141,7 +224,7 @@ class _Reader:
         raw = self.get(name)
         if raw is None:
             return 0
-        if re.fullmatch(r"\d{1,9}", raw.strip()):
+        if re.fullmatch(r"[0-9]{1,9}", raw.strip()):
             return int(raw.strip())
         self.bad(name, raw, "an integer >= 0 (0 means unlimited)")
         return 0
@@ -202,9 +285,14 @@ def _image(r: _Reader, version: str) -> str:
     raw = r.get("FL_SUPERNODE_IMAGE")
     if raw is None:
         return flower.default_image(version)
-    if _IMAGE.match(raw.strip()) and len(raw) <= 255:
-        return raw.strip()
-    r.bad("FL_SUPERNODE_IMAGE", raw, "an image reference such as registry:5000/repo/name:tag")
+    parsed = parse_image_reference(raw.strip())
+    if parsed is not None:
+        return str(parsed)
+    r.bad(
+        "FL_SUPERNODE_IMAGE",
+        raw,
+        "a Docker image reference such as registry:5000/repo/name:tag or repo/name@sha256:<hex>",
+    )
     return flower.default_image(version)
 
 
@@ -239,7 +327,7 @@ def _devices(r: _Reader) -> tuple[DeviceSelector, ...] | None:
 
 
 def _selector(entry: str) -> DeviceSelector | None:
-    if re.fullmatch(r"\d{1,3}", entry):
+    if re.fullmatch(r"[0-9]{1,3}", entry):
         return DeviceSelector("index", str(int(entry)))
     if _GPU_UUID.match(entry):
         return DeviceSelector("gpu_uuid", entry)
@@ -264,8 +352,8 @@ def _fraction(r: _Reader) -> float | None:
 
 def parse_host_port(text: str) -> tuple[str, int] | None:
     """host:port with an IPv4 address, a [bracketed] IPv6 address or a DNS name."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
-    if not match:
+    match = _HOST_PORT.fullmatch(text) if len(text) <= MAX_HOST_PORT + 2 else None
+    if not match or not text.isascii():
         return None
     host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
     if not 0 < int(port) < 65536:
@@ -276,7 +364,7 @@ def parse_host_port(text: str) -> tuple[str, int] | None:
         except ValueError:
             return None
         return host, int(port)
-    if re.fullmatch(r"[\d.]+", host):
+    if re.fullmatch(r"[0-9.]+", host):
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
@@ -303,13 +391,30 @@ def _address(r: _Reader) -> str | None:
 
 
 def validate_node_config(text: str) -> str | None:
-    """Why `text` is not a Flower node config (None when it is one)."""
+    """Why `text` is not a Flower node config (None when it is one).
+
+    Besides the pairs, Flower reads a value ending in `.toml` as a file to open, and one
+    starting with `--` would read as a flag: both are refused.
+    """
+    if len(text) > MAX_NODE_CONFIG:
+        return f"{len(text)} characters, more than {MAX_NODE_CONFIG}"
+    if text.startswith("-"):
+        return "it starts with '-' (Flower would read it as a command-line flag)"
+    if text.endswith(".toml"):
+        return "it ends in '.toml' (Flower would open it as a file)"
+    pairs, pos = [], 0
+    while (match := _NODE_CONFIG_AT.match(text, pos)) is not None:
+        pairs.append(match.groups())
+        pos = match.end()
+    leftover = text[pos:].strip()
+    if leftover or not pairs:
+        shown = (leftover or text)[:40]
+        return f"not key=value pairs separated by spaces (left over: {shown!r})"
+    odd = next((k for k, _ in pairs if not _TOML_KEY.fullmatch(k)), None)
+    if odd is not None:
+        return f"{odd[:40]!r} is not a TOML key (letters, digits, '_', '-', dotted)"
     import tomllib  # ~8 ms: only when a node config is given
 
-    pairs = _NODE_CONFIG_PAIR.findall(text)
-    leftover = _NODE_CONFIG_PAIR.sub("", text).strip()
-    if leftover or not pairs:
-        return f"not key=value pairs separated by spaces (left over: {leftover or text!r})"
     try:
         tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs))
     except tomllib.TOMLDecodeError as exc:
@@ -337,7 +442,7 @@ def _ca_cert(r: _Reader) -> str | None:
     raw = r.get("FL_SSL_CA_CERT")
     if raw is None:
         return None
-    pem = decode_pem_base64(raw)
+    pem = decode_pem_base64(raw) if len(raw) <= MAX_CA_BASE64 else None
     if pem is None:
         r.bad("FL_SSL_CA_CERT", raw, "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)")
     return pem
@@ -349,6 +454,8 @@ def decode_pem_base64(raw: str) -> str | None:
         text = base64.b64decode("".join(raw.split()), validate=True).decode("ascii")
     except (binascii.Error, ValueError):
         return None
+    if len(text) > MAX_CA_BASE64:
+        return None
     if "-----BEGIN CERTIFICATE-----" in text and "-----END CERTIFICATE-----" in text:
         return text
     return None
@@ -359,7 +466,59 @@ def _data_dir(r: _Reader) -> str:
     if raw is None:
         return DEFAULT_DATA_DIR
     value = raw.strip()
-    if value.startswith("/") and ".." not in value.split("/") and ":" not in value:
-        return value.rstrip("/") or "/"
-    r.bad("FL_DATA_DIR", raw, "an absolute path without '..' or ':', such as /opt/flower/data")
+    why = data_dir_problem(value)
+    if why is None:
+        return value.rstrip("/")
+    r.bad(
+        "FL_DATA_DIR",
+        raw,
+        f"a directory the agent may own, such as {DEFAULT_DATA_DIR}; {why}",
+    )
     return DEFAULT_DATA_DIR
+
+
+# Trees FL_DATA_DIR may not be in (nor be): the system's, the kernel's, Docker's, the agent's.
+DATA_DIR_REFUSED_TREES = (
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root",
+    "/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker", "/var/lib/containerd",
+    "/var/lib/fl-agent", "/var/lib/one-context", "/var/log", "/snap", "/lost+found",
+)  # fmt: skip
+# Directories FL_DATA_DIR may be below but not be: shared roots the agent does not own.
+DATA_DIR_REFUSED_ROOTS = (
+    "/", "/home", "/opt", "/srv", "/tmp", "/var", "/var/lib", "/var/tmp", "/mnt", "/media",
+    "/usr/local",
+)  # fmt: skip
+
+
+def data_dir_problem(path: str) -> str | None:
+    """Why `path` may not be the data directory (None when it may).
+
+    Pure: it judges the text. Whoever creates or mounts the directory checks the same rules
+    again on the path with symlinks resolved, and that it is a directory (not a socket).
+    """
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_DATA_DIR:
+        return f"the path is longer than {MAX_DATA_DIR} bytes"
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in path):
+        return "the path holds control characters"
+    if not path.startswith("/"):
+        return "the path is not absolute"
+    if ":" in path or "," in path:
+        return "the path holds ':' or ',' (Docker's mount syntax)"
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return "the path has '.' or '..' components"
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_PATH_COMPONENT for p in parts):
+        return f"a path component is longer than {MAX_PATH_COMPONENT} bytes"
+    if any(p.startswith(".") for p in parts):
+        return "the path goes through a hidden directory (such as ~/.ssh)"
+    normal = "/" + "/".join(parts)
+    if normal in DATA_DIR_REFUSED_ROOTS:
+        return f"{normal} is a shared system directory"
+    if len(parts) == 2 and parts[0] == "home":
+        return f"{normal} is a user's home directory"
+    tree = next(
+        (t for t in DATA_DIR_REFUSED_TREES if normal == t or normal.startswith(t + "/")), None
+    )
+    if tree is not None:
+        return f"the path is in {tree}, which the system, Docker or the agent own"
+    return None

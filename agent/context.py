@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from agent.command import RunResult
 
 MAX_CONTEXT_BYTES = 4 * 1024 * 1024
+MAX_TOKEN_BYTES = 4096
 ONE_CONTEXT_STAGE_FILES = ("context.sh.network", "context.sh.local")
 CONTEXT_LABEL = "CONTEXT"
 
@@ -85,29 +86,33 @@ class Platform:
 
 
 def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
+    """The platform values, each checked: an invalid one is left out and named."""
     problems: list[Problem] = []
     endpoint = variables.get("ONEGATE_ENDPOINT", "").strip() or None
     if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
         problems.append(
-            Problem(
-                "invalid_value",
+            _invalid(
                 "ONEGATE_ENDPOINT",
-                f"invalid value {variables['ONEGATE_ENDPOINT']!r}",
-                "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
+                variables["ONEGATE_ENDPOINT"],
+                "http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
             )
         )
         endpoint = None
     vmid = variables.get("VMID", "").strip() or None
-    if vmid is not None and not vmid.isdigit():
+    if vmid is not None and not re.fullmatch(r"[0-9]{1,10}", vmid):
+        problems.append(_invalid("VMID", variables["VMID"], "a VM id (digits)"))
+        vmid = None
+    if token is not None and not all(" " <= ch <= "~" for ch in token.reveal()):
         problems.append(
             Problem(
                 "invalid_value",
-                "VMID",
-                f"invalid value {variables['VMID']!r}",
-                "accepted: a VM id (digits)",
+                "ONEGATE_TOKEN",
+                "the OneGate token holds characters other than printable ASCII (value not shown)",
+                "accepted: the token OpenNebula generated (token.txt of the context CD); check "
+                "that nothing rewrote it",
             )
         )
-        vmid = None
+        token = None  # it goes into an HTTP header: never a broken one
     return Platform(
         onegate_endpoint=endpoint.rstrip("/") if endpoint else None,
         vmid=vmid,
@@ -115,6 +120,11 @@ def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
         report_ready=variables.get("REPORT_READY", "").strip().upper() == "YES",
         problems=tuple(problems),
     )
+
+
+def _invalid(name: str, raw: str, accepted: str) -> Problem:
+    shown = repr(raw if len(raw) <= 40 else raw[:37] + "...")
+    return Problem("invalid_value", name, f"invalid value {shown}", f"accepted: {accepted}")
 
 
 def _problem(line: int, message: str, source: str) -> AgentError:
@@ -287,8 +297,10 @@ def load_context(
 
 
 def _read_bytes(path: Path, label: str) -> bytes:
+    """At most one byte past the limit (a device such as /dev/zero never ends)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(MAX_CONTEXT_BYTES + 1)
     except OSError as exc:
         raise AgentError(
             Problem(
@@ -311,7 +323,8 @@ def _find_token(
 ) -> tuple[Secret | None, str | None]:
     """token.txt beside the context, then TOKENTXT from one_env, then ONEGATE_TOKEN."""
     try:
-        text = token_file.read_text(errors="replace").strip()
+        with token_file.open("rb") as handle:
+            text = handle.read(MAX_TOKEN_BYTES).decode(errors="replace").strip()
         if text:
             return Secret(text), str(token_file)
     except OSError:
@@ -319,7 +332,7 @@ def _find_token(
     one_env = root.one_context_dir / "one_env"
     try:
         with one_env.open(errors="replace") as handle:
-            first = handle.readline().rstrip("\n")
+            first = handle.readline(MAX_TOKEN_BYTES).rstrip("\n")
         match = _ONE_ENV_TOKEN.match(first)
         if match and match.group(1).strip():
             return Secret(match.group(1).strip()), str(one_env)

@@ -6,41 +6,40 @@ USER_TEMPLATE (where a SuperLink appliance publishes FL_ENDPOINT, FL_TLS, FL_CA_
 and its NICs. The SuperLink may still be booting when a SuperNode asks, so every lookup is
 retried a bounded number of times; attempts, intervals and the sleep are parameters.
 
-The CA certificate is checked here, without a crypto library (`cryptography` is not installed
-and not a dependency of pyone; `openssl` may be missing from minimal images): the PEM armour,
-the base64, the DER structure of an X.509 Certificate (SEQUENCE of tbsCertificate, algorithm,
-signature) and the validity dates against the clock. gRPC inside the container does the
-cryptography; this check turns a corrupt, truncated or expired CA into a clear `tls_error` at
-boot instead of a handshake failure later.
+The CA certificate is checked by agent/tls.py. Trust on first use: the SuperLink endpoint and
+CA learned through OneGate are pinned at the first successful boot (`pin_update`, written by
+`write_pin` when the boot applies its plan); later boots keep the pinned values, whatever a
+peer VM writes into the SuperLink's template, and say so with a `superlink_identity_changed`
+warning until the operator accepts the change (`fl-agent trust --accept`) or sets
+FL_SUPERLINK_ADDRESS / FL_SSL_CA_CERT. A value published both plain and as NAME_BASE64 with
+different contents is refused rather than one silently chosen.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
-import re
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent import flower
+from agent import flower, tls
 from agent.atomicfile import write_atomic
 from agent.config import parse_host_port
 from agent.errors import AgentError, Problem
-from agent.onegate import OneGateError, decode_attributes
+from agent.onegate import BASE64_SUFFIX, OneGateError, decode_attributes
 from agent.outcome import problem
 from agent.paths import Root
 
 SUPERLINK_ROLE = "superlink"
 CA_PATH = "/etc/fl-agent/tls/ca.pem"
-_PEM_BLOCK = re.compile(
-    r"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----"
-)
+PIN_FILE = "superlink-pin.json"
+MAX_PIN_BYTES = tls.MAX_PEM_CHARS + 4096
+PINNED = "pinned at the first successful boot"
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,10 @@ class Discovery:
     sources: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    """Problems that do not stop the node (a pinned value kept against OneGate's)."""
+    learned: Pin | None = None
+    """The identity OneGate gave this run, before any pin was applied (what `pin_update` pins)."""
 
     @property
     def ok(self) -> bool:
@@ -66,93 +69,117 @@ class Discovery:
             "sources": dict(self.sources),
             "notes": list(self.notes),
             "problems": [p.to_dict() for p in self.problems],
+            "warnings": [p.to_dict() for p in self.warnings],
+            "learned": self.learned.to_dict() if self.learned else None,
         }
 
 
-# --------------------------------------------------------------------------- CA certificates
+# --------------------------------------------------------------------------- pinned identity
 
 
-def check_ca_pem(pem: str, *, now: datetime | None = None) -> tuple[str | None, str]:
-    """(the certificates as clean PEM, "") when usable; (None, why) when not."""
-    blocks = _PEM_BLOCK.findall(pem)
-    if not blocks:
-        return None, "no -----BEGIN CERTIFICATE----- block"
-    now = now or datetime.now(UTC)
-    for number, block in enumerate(blocks, 1):
-        try:
-            der = base64.b64decode("".join(block.split()), validate=True)
-            not_before, not_after = _validity(der)
-        except (binascii.Error, ValueError, IndexError) as exc:
-            return None, f"certificate {number} is not an X.509 certificate ({exc})"
-        if now < not_before:
-            return None, f"certificate {number} is valid only from {not_before:%Y-%m-%d %H:%M} UTC"
-        if now > not_after:
-            return None, f"certificate {number} expired on {not_after:%Y-%m-%d %H:%M} UTC"
-    armoured = (
-        "-----BEGIN CERTIFICATE-----\n"
-        + "\n".join(textwrap.wrap("".join(b.split()), 64))
-        + "\n-----END CERTIFICATE-----\n"
-        for b in blocks
+@dataclass(frozen=True)
+class Pin:
+    """The SuperLink identity learned through OneGate: its endpoint and its CA (clean PEM)."""
+
+    superlink_address: str | None = None
+    ca_pem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the boot record and `fl-agent trust`: the CA as fingerprints, not as PEM."""
+        return {
+            "superlink_address": self.superlink_address,
+            "ca_sha256": list(tls.fingerprints(self.ca_pem)) if self.ca_pem else [],
+        }
+
+
+def pin_path(root: Root) -> Path:
+    return root.state_dir / PIN_FILE
+
+
+def read_pin(root: Root) -> tuple[Pin | None, Problem | None]:
+    """The pinned identity; (None, None) before the first successful boot."""
+    path = pin_path(root)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PIN_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, _pin_invalid(path, f"cannot read it: {exc.strerror or exc}")
+    try:
+        if len(data) > MAX_PIN_BYTES:
+            raise ValueError(f"more than {MAX_PIN_BYTES} bytes")
+        fields = json.loads(data)
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
+        pin = Pin(_pinned_text(fields, "superlink_address"), _pinned_text(fields, "ca_pem"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, _pin_invalid(path, str(exc))
+    if pin.superlink_address and parse_host_port(pin.superlink_address) is None:
+        return None, _pin_invalid(path, "its superlink_address is not host:port")
+    return pin, None
+
+
+def _pinned_text(fields: dict, name: str) -> str | None:
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} is not a string")
+    return value or None
+
+
+def _pin_invalid(path: Path, why: str) -> Problem:
+    return Problem(
+        "superlink_pin_invalid",
+        str(path),
+        f"the pinned SuperLink identity is unusable: {why}",
+        "check the file; `fl-agent trust --accept` pins what OneGate publishes now",
     )
-    return "".join(armoured), ""
 
 
-def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start, end) of the DER element at `pos`."""
-    tag, length = der[pos], der[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 0 < count <= 4:
-            raise ValueError("bad DER length")
-        length = int.from_bytes(der[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(der):
-        raise ValueError("truncated")
-    return tag, pos, pos + length
+def write_pin(root: Root, pin: Pin) -> Problem | None:
+    """Write the pin (0600, atomic): an apply-time action, after a successful boot."""
+    from agent.state import write_private_json
+
+    record = {"superlink_address": pin.superlink_address, "ca_pem": pin.ca_pem}
+    return write_private_json(pin_path(root), record, "the SuperLink pin")
 
 
-def _children(der: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    while start < end:
-        element = _tlv(der, start)
-        out.append(element)
-        start = element[2]
-    if start != end:
-        raise ValueError("DER elements overrun their SEQUENCE")
-    return out
+def pin_update(found: Discovery, pinned: Pin | None) -> Pin | None:
+    """What to pin after a successful boot that used `found`; None when nothing changes.
+
+    A pinned value is never replaced here (only `fl-agent trust --accept` does that); a value
+    learned for the first time (the SuperLink published its CA later) is added.
+    """
+    if not found.ok or found.learned is None:
+        return None
+    pinned = pinned or Pin()
+    merged = Pin(
+        pinned.superlink_address or found.learned.superlink_address,
+        pinned.ca_pem or found.learned.ca_pem,
+    )
+    return None if merged == pinned else merged
 
 
-def _validity(der: bytes) -> tuple[datetime, datetime]:
-    """notBefore, notAfter of a DER Certificate, checking its outline on the way."""
-    tag, start, end = _tlv(der, 0)
-    if tag != 0x30 or end != len(der):
-        raise ValueError("not one DER SEQUENCE")
-    outline = _children(der, start, end)
-    if [t for t, _, _ in outline] != [0x30, 0x30, 0x03]:
-        raise ValueError("not tbsCertificate, signatureAlgorithm, signature")
-    tbs = _children(der, outline[0][1], outline[0][2])
-    if tbs and tbs[0][0] == 0xA0:  # [0] version
-        tbs = tbs[1:]
-    if len(tbs) < 6 or [t for t, _, _ in tbs[:6]] != [0x02, 0x30, 0x30, 0x30, 0x30, 0x30]:
-        raise ValueError("tbsCertificate has not the X.509 fields")
-    times = _children(der, tbs[3][1], tbs[3][2])
-    if len(times) != 2:
-        raise ValueError("validity is not two times")
-    not_before, not_after = (_time(t, der[s:e].decode("ascii")) for t, s, e in times)
-    return not_before, not_after
+def _changed(subject: str, now: str, kept: str) -> Problem:
+    return Problem(
+        "superlink_identity_changed",
+        subject,
+        f"{now}; the node keeps the value {PINNED}: {kept}",
+        "if the change is yours, run `fl-agent trust --accept` on this VM, or set "
+        "FL_SUPERLINK_ADDRESS / FL_SSL_CA_CERT in its context; otherwise a peer VM rewrote the "
+        "SuperLink's template: check the service's VMs",
+    )
 
 
-def _time(tag: int, text: str) -> datetime:
-    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ; years 50-99 are 19xx
-        parsed = datetime.strptime(text, "%y%m%d%H%M%SZ")
-        if parsed.year >= 2050:
-            parsed = parsed.replace(year=parsed.year - 100)
-    elif tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
-        parsed = datetime.strptime(text, "%Y%m%d%H%M%SZ")
-    else:
-        raise ValueError("validity time is neither UTCTime nor GeneralizedTime")
-    return parsed.replace(tzinfo=UTC)
+def _conflicts(template: dict[str, Any]) -> set[str]:
+    """Names published both plain and as NAME_BASE64 with different values."""
+    encoded = {k: v for k, v in template.items() if k.endswith(BASE64_SUFFIX)}
+    decoded = decode_attributes(encoded)
+    return {
+        name
+        for name, value in decoded.items()
+        if isinstance(template.get(name), str) and template[name].strip() != value.strip()
+    }
 
 
 def write_ca(pem: str, root: Root) -> Path:
@@ -208,21 +235,28 @@ def _node_id(node: dict[str, Any]) -> int | None:
 class _Run:
     """One discovery: what is still missing, what was found, and what went wrong."""
 
-    def __init__(self, config, reporter, sleep: Callable[[float], None]) -> None:
+    def __init__(self, config, reporter, sleep: Callable[[float], None], pinned: Pin) -> None:
         self.config = config
         self.reporter = reporter
         self.sleep = sleep
-        self.address: str | None = config.superlink_address
+        self.pinned = pinned
+        self.address: str | None = config.superlink_address or pinned.superlink_address
         self.node_config: str | None = config.node_config
         self.ca_pem: str | None = None
         self.superlink_vm: str | None = None
         self.superlink: dict[str, str] = {}  # its decoded USER_TEMPLATE
         self.superlink_ip: str | None = None
+        self.conflicts: set[str] = set()
+        self.learned_address: str | None = None
+        self.learned_ca: str | None = None
         self.sources: dict[str, str] = {}
         self.notes: list[str] = []
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         if config.superlink_address:
             self.sources["superlink_address"] = "FL_SUPERLINK_ADDRESS"
+        elif pinned.superlink_address:
+            self.sources["superlink_address"] = PINNED
         if config.node_config:
             self.sources["node_config"] = "FL_NODE_CONFIG"
 
@@ -234,7 +268,15 @@ class _Run:
             self.sources,
             tuple(self.notes),
             tuple(self.problems),
+            tuple(self.warnings),
+            Pin(self.learned_address, self.learned_ca)
+            if self.learned_address or self.learned_ca
+            else None,
         )
+
+    @property
+    def address_pinned(self) -> bool:
+        return self.sources.get("superlink_address") == PINNED
 
     @property
     def wants_ca(self) -> bool:
@@ -265,13 +307,17 @@ class _Run:
 
     def _step(self, service: _Service) -> None:
         pending = []
-        if SUPERLINK_ROLE in service.roles and (self.address is None or self.wants_ca):
+        if SUPERLINK_ROLE in service.roles and (
+            self.address is None or self.wants_ca or self.address_pinned
+        ):
             self._read_superlink(service)
         if self.address is None:
             try:
                 self._superlink_address(service)
             except _Pending as exc:
                 pending.append(str(exc))
+        elif self.address_pinned:
+            self._check_pinned_address()
         if self.node_config is None:
             try:
                 self._partition(service)
@@ -287,7 +333,7 @@ class _Run:
         vm = self.reporter.get_vm_by_id(ids[0]).get("VM") or {}
         template = vm.get("USER_TEMPLATE") or {}
         self.superlink_vm = str(ids[0])
-        self.superlink = decode_attributes(template if isinstance(template, dict) else {})
+        self._take_template(template)
         self.superlink_ip = _first_ip((vm.get("TEMPLATE") or {}).get("NIC"))
 
     def _superlink_address(self, service: _Service) -> None:
@@ -298,6 +344,8 @@ class _Run:
             )
         if self.superlink_vm is None:
             raise _Pending(f"the {SUPERLINK_ROLE} role has no VM yet")
+        if "FL_ENDPOINT" in self.conflicts:
+            raise _Stop(self._conflict("FL_ENDPOINT"))
         endpoint = self.superlink.get("FL_ENDPOINT", "").strip()
         source = f"FL_ENDPOINT of SuperLink VM {self.superlink_vm}"
         if endpoint:
@@ -323,6 +371,7 @@ class _Run:
         if parse_host_port(address) is None:
             raise _Stop(_not_found(f"{source} gives {address!r}, not host:port"))
         self.address = address
+        self.learned_address = address
         self.sources["superlink_address"] = source
 
     def _partition(self, service: _Service) -> None:
@@ -372,8 +421,12 @@ class _Run:
     def trust(self, attempts: int, interval_s: float) -> None:
         if not self.config.tls_enabled:
             return
-        if self.config.ssl_ca_cert is not None:
-            self._take_ca(self.config.ssl_ca_cert, "FL_SSL_CA_CERT")
+        if self.config.ssl_ca_cert is not None:  # the owner's CA: OneGate never overrides it
+            self._take_ca(self.config.ssl_ca_cert, "FL_SSL_CA_CERT", "FL_SSL_CA_CERT")
+            return
+        if self.pinned.ca_pem:
+            self._check_pinned_ca()
+            self._take_ca(self.pinned.ca_pem, f"the CA {PINNED}", "FL_CA_CERT")
             return
         if self.superlink_vm is None:
             self.notes.append("no CA certificate: the SuperNode trusts the system's CAs")
@@ -389,10 +442,13 @@ class _Run:
             )
             return
         for attempt in range(1, attempts + 1):
+            if "FL_CA_CERT" in self.conflicts:
+                self.problems.append(self._conflict("FL_CA_CERT"))
+                return
             published = self.superlink.get("FL_CA_CERT", "").strip()
             if published:
                 source = f"FL_CA_CERT of SuperLink VM {self.superlink_vm}"
-                self._take_ca(_pem_text(published), source)
+                self.learned_ca = self._take_ca(_pem_text(published), source, "FL_CA_CERT")
                 return
             if not self._ca_may_come() or attempt == attempts:
                 break
@@ -411,8 +467,34 @@ class _Run:
             vm = self.reporter.get_vm_by_id(self.superlink_vm).get("VM") or {}
         except AgentError:
             return  # the next try, or the verdict, reads what is known
-        template = vm.get("USER_TEMPLATE") or {}
-        self.superlink = decode_attributes(template if isinstance(template, dict) else {})
+        self._take_template(vm.get("USER_TEMPLATE") or {})
+
+    def _take_template(self, template: Any) -> None:
+        template = template if isinstance(template, dict) else {}
+        self.superlink = decode_attributes(template)
+        self.conflicts = _conflicts(template)
+
+    def _conflict(self, name: str) -> Problem:
+        return Problem(
+            "conflicting_values",
+            name,
+            f"SuperLink VM {self.superlink_vm} publishes {name} and {name}{BASE64_SUFFIX} with "
+            "different values; neither is used",
+            "publish one of them (the SuperLink's own agent never writes both)",
+        )
+
+    def _check_pinned_address(self) -> None:
+        """The address is pinned: say so when the SuperLink's template now names another."""
+        endpoint = self.superlink.get("FL_ENDPOINT", "").strip()
+        if "FL_ENDPOINT" in self.conflicts or (endpoint and endpoint != self.address):
+            shown = "conflicting values" if "FL_ENDPOINT" in self.conflicts else repr(endpoint)
+            self.warnings.append(
+                _changed(
+                    "FL_SUPERLINK_ADDRESS",
+                    f"FL_ENDPOINT of SuperLink VM {self.superlink_vm} is now {shown}",
+                    repr(self.address),
+                )
+            )
 
     def _no_ca(self) -> None:
         if self.superlink.get("FL_TLS", "").upper() == "YES":
@@ -430,20 +512,45 @@ class _Run:
                 "the SuperNode trusts the system's CAs"
             )
 
-    def _take_ca(self, pem: str | None, source: str) -> None:
-        clean, why = check_ca_pem(pem) if pem else (None, "not base64 of a PEM certificate")
+    def _check_pinned_ca(self) -> None:
+        """The CA is pinned: say so when the SuperLink now publishes another one."""
+        if self.superlink_vm is None:
+            return
+        published = self.superlink.get("FL_CA_CERT", "").strip()
+        if "FL_CA_CERT" in self.conflicts:
+            now = "conflicting values"
+        elif published:
+            pem = _pem_text(published)
+            clean = tls.check_ca(pem)[0] if pem else None
+            if clean == self.pinned.ca_pem:
+                return
+            now = f"sha256 {_fingerprint(clean)}" if clean else "an unusable certificate"
+        else:
+            return
+        self.warnings.append(
+            _changed(
+                "FL_CA_CERT",
+                f"SuperLink VM {self.superlink_vm} now publishes another CA ({now})",
+                f"sha256 {_fingerprint(self.pinned.ca_pem)}",
+            )
+        )
+
+    def _take_ca(self, pem: str | None, source: str, subject: str) -> str | None:
+        """Check and use a CA; the clean PEM, or None (and a tls_error) when unusable."""
+        clean, why = tls.check_ca(pem) if pem else (None, "not base64 of a PEM certificate")
         if clean is None:
             self.problems.append(
                 Problem(
                     "tls_error",
-                    source.split(" ")[0],
+                    subject,
                     f"the CA certificate from {source} is unusable: {why}",
                     "publish a valid PEM CA certificate (base64), or set FL_SSL_CA_CERT",
                 )
             )
-            return
+            return None
         self.ca_pem = clean
         self.sources["ca_pem"] = source
+        return clean
 
 
 def _transient_read(exc: OneGateError) -> bool:
@@ -468,8 +575,15 @@ def _first_ip(nics: Any) -> str | None:
     return None
 
 
+def _fingerprint(pem: str | None) -> str:
+    found = tls.fingerprints(pem) if pem else ()
+    return found[0][:16] + "..." if found else "unknown"
+
+
 def _pem_text(published: str) -> str | None:
     """FL_CA_CERT is base64 of the PEM (the community appliance); a PEM is taken as is."""
+    if len(published) > 2 * tls.MAX_PEM_CHARS:
+        return None
     if "-----BEGIN" in published:
         return published
     try:
@@ -487,14 +601,18 @@ def discover(
     ca_attempts: int = 12,
     ca_interval_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
+    pinned: Pin | None = None,
 ) -> Discovery:
     """The SuperLink address, the CA and the node config, from the Config or through OneGate.
 
     Defaults wait like the community appliance (30 x 10 s for the address, 12 x 5 s for the
     CA); each lookup stops early once it has its answer or knows it will not get one.
+    `pinned` (from `read_pin`) holds the values kept from the first successful boot.
     """
-    run = _Run(config, reporter, sleep)
-    needs_service = run.address is None or run.node_config is None or run.wants_ca
+    run = _Run(config, reporter, sleep, pinned or Pin())
+    needs_service = (
+        run.address is None or run.node_config is None or run.wants_ca or run.address_pinned
+    )
     if needs_service and reporter.enabled:
         # Only the CA missing: one look, a configured node does not wait on OneGate for it.
         only_ca = run.address is not None and run.node_config is not None

@@ -47,24 +47,10 @@ VERSION_MISMATCH_LINES = (
     "Federation does not exist",
     "unrecognized arguments",
 )
-# (pattern in the engine's or the hook's message, the catalogue's problem name)
-_GPU_ERRORS: tuple[tuple[str, str], ...] = (
-    ("could not select device driver", "gpu_runtime_unavailable"),
-    ("unknown or invalid runtime name", "toolkit_not_configured"),
-    ("driver not loaded", "gpu_driver_not_loaded"),
-    ("libnvidia-ml.so.1: cannot open", "nvml_library_not_found"),
-    ("unsatisfied condition: cuda>=", "cuda_driver_too_old"),
-    ("unresolvable CDI devices", "cdi_spec_missing"),
-    ("invoking the NVIDIA Container Runtime Hook directly", "toolkit_cdi_mode"),
+# What a probe's own output may say beyond a GPU refusal (agent/gpu/refusals.py has those).
+_PROBE_ERRORS: tuple[tuple[str, str], ...] = (
     ("Failed to initialize NVML: Insufficient Permissions", "nvml_no_permission"),
     ("executable file not found", "container_tool_missing"),
-)
-# A start failure with one of these is the engine refusing the GPU request: fall back to CPU.
-_GPU_REFUSALS = (
-    "could not select device driver",
-    "nvidia-container-cli",
-    "unknown or invalid runtime name: nvidia",
-    "error running hook",
 )
 
 
@@ -91,14 +77,22 @@ class EngineError(Exception):
             return ErrorKind.IMAGE_MISSING
         if self.status is None:
             return ErrorKind.ENGINE_GONE
-        if any(marker.lower() in text for marker in _GPU_REFUSALS):
+        from agent.gpu.refusals import classify_refusal
+
+        if classify_refusal(self.message) is not None:
             return ErrorKind.GPU_REFUSED
         return ErrorKind.START_FAILED
 
 
 def gpu_problem(text: str, subject: str = "container") -> Problem:
-    """The cause and fix behind an engine or toolkit-hook message about a GPU container."""
-    for pattern, name in _GPU_ERRORS:
+    """The cause and fix behind an engine, toolkit-hook or probe message about a GPU
+    container: the GPU refusal classes of agent/gpu/refusals.py first."""
+    from agent.gpu.refusals import classify_refusal
+
+    refusal = classify_refusal(text, subject)
+    if refusal is not None:
+        return refusal.problem
+    for pattern, name in _PROBE_ERRORS:
         if pattern.lower() in text.lower():
             return problem(name, subject, _short(text))
     return problem("container_gpu_failed", subject, _short(text))
@@ -232,8 +226,12 @@ class Engine:
 
     def pull_stream(self, reference: str) -> Iterator[dict]:
         """The engine's progress messages while it pulls; EngineError on the first error."""
-        repo, tag = split_reference(reference)
-        query = {"fromImage": repo, "tag": tag}
+        from agent.config import parse_image_reference
+
+        parsed = parse_image_reference(reference)
+        if parsed is None:
+            raise EngineError(f"{reference!r} is not an image reference", 400)
+        query = {"fromImage": parsed.name, "tag": parsed.pull_tag}
         with self._open("POST", "/images/create", query=query, timeout=600) as response:
             for line in response.lines():
                 if not line.strip():
@@ -291,15 +289,6 @@ class Engine:
 
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@")
-
-
-def split_reference(reference: str) -> tuple[str, str]:
-    """(repository, tag or digest) as the pull call takes them; an empty tag would pull every
-    tag, so no tag means `latest`."""
-    name, _, digest = reference.partition("@")
-    last = name.rsplit("/", 1)[-1]
-    repo, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
-    return repo, digest or tag
 
 
 def _q(part: str) -> str:

@@ -18,7 +18,7 @@ SUPPORTED_MAX = (1, 42)
 IMAGE_REPOSITORY = "fl-agent/supernode"
 """Derived SuperNode images: flwr/supernode:<version> plus the ClientApp's dependencies."""
 
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,6})")  # ASCII digits, bounded
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ SUPEREXEC_SAME_MINOR_FROM = (1, 30)
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
-    match = _VERSION.match(text)
+    match = _VERSION.fullmatch(text)
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
@@ -158,8 +158,8 @@ def supernode_args(
         args += ["--host", host, "--port", port]
     else:
         args += ["--clientappio-api-address", clientappio_address]
-    if node_config:
-        args += ["--node-config", node_config]
+    if node_config:  # one argument: a value is never read as a flag of its own
+        args.append(f"--node-config={node_config}")
     if max_retries:
         args += ["--max-retries", str(max_retries)]
     if max_wait_time:

@@ -84,12 +84,6 @@ class ConvergeAction(StrEnum):
 
 
 _DOCKER_FIX = "check `systemctl status docker` and /var/run/docker.sock"
-_TOOLKIT_FIX = (
-    "install the NVIDIA Container Toolkit (FL_TOOLKIT_INSTALL=AUTO does it at boot, or "
-    "`fl-agent validate --repair`), then `nvidia-ctk runtime configure --runtime=docker` and "
-    "`systemctl restart docker`: dockerd registers its GPU driver only when it starts"
-)
-
 PROBLEMS: dict[str, tuple[str, str]] = {
     # the boot
     "boot_in_progress": (
@@ -97,17 +91,25 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "wait for it to finish (systemctl status fl-agent)",
     ),
     "state_write_failed": (
-        "could not write the state file",
+        "could not write the agent's state",
         "free space or fix permissions under /var/lib/fl-agent; the node itself is unaffected",
+    ),
+    "run_dir_unwritable": (
+        "/run/fl-agent cannot be written",
+        "/run must be a writable tmpfs (check `findmnt /run`)",
+    ),
+    "data_dir_unusable": (
+        "cannot prepare the data directory",
+        "FL_DATA_DIR must be a directory on a writable file system",
     ),
     "superlink_not_found": (
         "no SuperLink address",
         "set FL_SUPERLINK_ADDRESS=host:port, or deploy the node in a OneFlow service "
         "whose superlink role publishes FL_ENDPOINT",
     ),
-    "prepare_failed": (
-        "a file or directory the container needs could not be written (the CA, FL_DATA_DIR)",
-        "check the path, its parent directories and the free space",
+    "ca_write_failed": (
+        "the SuperLink's CA certificate could not be written for the container",
+        "check /etc/fl-agent/tls: a writable directory with free space",
     ),
     "gpu_validation_failed": (
         "the GPU path failed",
@@ -148,12 +150,8 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "the probe container did not finish in time or the engine failed",
         "check `systemctl status docker` and the engine's log",
     ),
-    # what the engine or the toolkit's hook says when a GPU container fails
-    "gpu_runtime_unavailable": (
-        "the Docker engine has no GPU device driver: nvidia-container-runtime-hook was not on "
-        "dockerd's PATH when dockerd started (toolkit missing, or dockerd not restarted)",
-        _TOOLKIT_FIX,
-    ),
+    # the GPU stack: names the validation and the toolkit share; the engine's refusals of a
+    # GPU container are classified by agent/gpu/refusals.py, the probes' other answers here
     "toolkit_not_configured": (
         "Docker does not know the nvidia runtime",
         "`nvidia-ctk runtime configure --runtime=docker` and `systemctl restart docker`",
@@ -164,23 +162,9 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "Boot refuses the module (enrol its MOK key or disable Secure Boot); no module for "
         "`uname -r` means DKMS did not build it (install the kernel headers, `dkms autoinstall`)",
     ),
-    "nvml_library_not_found": (
-        "the toolkit's hook cannot load NVML: the driver's userspace is not installed",
-        "install the NVIDIA driver in the VM image",
-    ),
     "cuda_driver_too_old": (
         "the image requires a newer CUDA than the driver supports",
         "install a newer NVIDIA driver, or use an image built for the driver's CUDA version",
-    ),
-    "cdi_spec_missing": (
-        "the engine asked for CDI devices that no CDI spec describes",
-        "`nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml` (nvidia-cdi-refresh does "
-        "this at boot), then retry",
-    ),
-    "toolkit_cdi_mode": (
-        "the toolkit runs in CDI mode, where the legacy hook behind DeviceRequests refuses",
-        'set `mode = "legacy"` (or "auto") under [nvidia-container-runtime] in '
-        "/etc/nvidia-container-runtime/config.toml, or request GPUs through CDI",
     ),
     "nvml_no_permission": (
         "NVML inside the container was refused (SELinux labels)",

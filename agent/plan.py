@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -68,6 +69,7 @@ class ActionKind(StrEnum):
     WRITE_CA = "write_ca"
     PREPARE_DATA_DIR = "prepare_data_dir"  # created when absent; never chmod-ed otherwise
     CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
+    WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
     RECORD = "record"  # state file, appliance report, OneGate's terminal report
 
 
@@ -185,6 +187,7 @@ class PlanInputs:
     ca_pem: str | None = None  # to write to ca_host_path
     ca_host_path: str | None = None
     data_dir_exists: bool = True
+    pin_path: str | None = None  # where to pin the SuperLink's identity, when there is news
     validated: bool = False  # a validation report exists (FL_GPU_ENABLED is not NO)
     toolkit_tried: bool = False  # the toolkit install ran already: no second one
     blocking: tuple[Problem, ...] = ()  # what stops the node before any spec (discovery)
@@ -279,6 +282,8 @@ def _actions(
     if not inputs.data_dir_exists:
         actions.append(Action(ActionKind.PREPARE_DATA_DIR, inputs.data_dir_host))
     actions.append(Action(ActionKind.CONVERGE, plan.spec.name))
+    if inputs.pin_path:
+        actions.append(Action(ActionKind.WRITE_PIN, inputs.pin_path))
     return tuple(actions)
 
 
@@ -312,7 +317,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     else:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    user = None if _non_root(inputs.image.user) else CONTAINER_USER
+    user = None if numeric_non_root(inputs.image.user) else CONTAINER_USER
     tmpfs: tuple[tuple[str, str], ...] = ()
     if user:
         env["HOME"] = FALLBACK_HOME
@@ -332,5 +337,11 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     )
 
 
-def _non_root(user: str | None) -> bool:
-    return bool(user) and user.split(":")[0] not in ("0", "root")
+def numeric_non_root(user: str | None) -> bool:
+    """The image's user is a numeric, non-zero uid (and gid, when given): kept as it is.
+
+    Anything else runs as 49999: a name may map to uid 0 in the image's /etc/passwd, and the
+    runtime reads `0000`, `+0` or `root:root` as root too.
+    """
+    match = re.fullmatch(r"([0-9]{1,10})(?::([0-9]{1,10}))?", user or "")
+    return match is not None and all(int(n) != 0 for n in match.groups() if n is not None)

@@ -34,12 +34,17 @@ def write_state(root: Root, record: dict) -> Problem | None:
 
     The previous state file stays intact on failure: the write is atomic.
     """
-    path = state_path(root)
+    return write_private_json(state_path(root), record, "the state file")
+
+
+def write_private_json(path: Path, data: dict, what: str) -> Problem | None:
+    """`data` as JSON at `path` (0600, its directory 0700 when created, atomic); a failure
+    (full disk, read-only fs) is returned as `state_write_failed`, not raised."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
     except OSError as exc:
-        return problem("state_write_failed", str(path), str(exc.strerror or exc))
+        return problem("state_write_failed", str(path), f"{what}: {exc.strerror or exc}")
     return None
 
 
@@ -56,6 +61,7 @@ def file_lock(path: Path, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterat
     """Hold an fcntl lock on `path`, waiting up to `wait_s`; yields whether it is held.
 
     The kernel drops the lock when its holder dies: a killed process never leaves it behind.
+    OSError when the lock file cannot be created.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -82,7 +88,12 @@ def file_lock(path: Path, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterat
 def boot_lock(root: Root, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
     """Hold the boot lock; wait up to `wait_s` for another boot, then raise `boot_in_progress`."""
     path = root.run_dir / LOCK_FILE
-    with file_lock(path, wait_s=wait_s, poll_s=poll_s) as held:
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(file_lock(path, wait_s=wait_s, poll_s=poll_s))
+        except OSError as exc:
+            detail = f"cannot create the boot lock: {exc.strerror or exc}"
+            raise AgentError(problem("run_dir_unwritable", str(path), detail)) from None
         if not held:
             raise AgentError(problem("boot_in_progress", str(path)))
         yield

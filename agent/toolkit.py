@@ -302,6 +302,8 @@ def read_daemon_json(root: Root) -> tuple[dict[str, Any] | None, Problem | None]
         return None, _daemon_invalid(f"invalid JSON: {exc}")
     if not isinstance(data, dict):
         return None, _daemon_invalid(f"a JSON {type(data).__name__}, not an object")
+    if not isinstance(data.get("runtimes", {}), dict):
+        return None, _daemon_invalid("its `runtimes` is not a JSON object")
     return data, None
 
 

@@ -23,11 +23,16 @@ MAIN_HOST = "unix:///var/run/docker.sock"
 class PrivateEngine:
     """One dockerd under a fresh temporary directory; `env` points the docker SDK and CLI at it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, path_first: tuple[str, ...] = (), own_netns: bool = False) -> None:
+        """path_first: directories put before PATH for dockerd (e.g. a stand-in
+        nvidia-container-runtime-hook); own_netns: run dockerd in a network namespace of its
+        own, so nothing it does to bridges reaches the machine's network."""
         # Short paths: the sockets (containerd's too) must fit in 108 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="fle-", dir="/tmp"))
         self.host = f"unix://{self.dir}/d.sock"
         self.process: subprocess.Popen | None = None
+        self.path_first = path_first
+        self.own_netns = own_netns
 
     @property
     def env(self) -> dict[str, str]:
@@ -37,9 +42,11 @@ class PrivateEngine:
         """Start dockerd (again, after `stop`) and wait until `docker version` answers."""
         log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - the child keeps it
         with log:
+            search = ":".join([*self.path_first, os.environ.get("PATH", "")])
             self.process = subprocess.Popen(
                 [
                     "setsid",
+                    *(("unshare", "--net") if self.own_netns else ()),
                     "dockerd",
                     "--storage-driver=overlay2",
                     f"--host={self.host}",
@@ -53,6 +60,7 @@ class PrivateEngine:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env={**os.environ, "PATH": search},
             )
         deadline = time.monotonic() + timeout_s
         while not self.answers():

@@ -7,6 +7,7 @@ locals {
     "${path.root}/scripts/20-one-context.sh",
     "${path.root}/scripts/30-docker.sh",
     "${path.root}/scripts/40-agent.sh",
+    "${path.root}/scripts/45-firewall.sh",
     "${path.root}/scripts/50-nvidia.sh",
     "${path.root}/scripts/60-supernode-image.sh",
     "${path.root}/scripts/90-cleanup.sh",

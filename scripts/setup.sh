@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(docker.io packer shellcheck debootstrap genisoimage busybox-static dpkg-dev systemd gcc)
+PACKAGES=(docker.io packer shellcheck debootstrap genisoimage busybox-static dpkg-dev systemd gcc nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,19 +34,41 @@ OPEN_VERSION_LINE = (
 )
 
 
-def build_stub(out_dir: Path) -> Path:
-    """Compile the stand-in into out_dir/libnvidia-ml.so.1; return the directory."""
+# Driver branch -> the nvidia-ml-py release of that branch (the bindings users pair with it).
+BRANCH_BINDINGS = {535: "12.535.161", 550: "12.550.52", 570: "12.570.86"}
+
+
+def build_stub(out_dir: Path, branch: int = 550) -> Path:
+    """Compile the stand-in of a driver branch into out_dir/libnvidia-ml.so.1; return the dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     library = out_dir / "libnvidia-ml.so.1"
-    argv = ["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(library)]
-    subprocess.run([*argv, str(STUB_SOURCE)], check=True)
+    argv = ["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", f"-DNVML_BRANCH={branch}"]
+    subprocess.run([*argv, "-o", str(library), str(STUB_SOURCE)], check=True)
     return out_dir
 
 
 @pytest.fixture(scope="session")
 def nvml_stub(tmp_path_factory) -> Path:
-    """The compiled stand-in's directory (for LD_LIBRARY_PATH)."""
+    """The compiled stand-in's directory (for LD_LIBRARY_PATH): an R550 driver."""
     return build_stub(tmp_path_factory.mktemp("nvml-stub"))
+
+
+@pytest.fixture(scope="session")
+def nvml_stubs(tmp_path_factory) -> dict[int, Path]:
+    """One stand-in per driver branch of the matrix (R535, R550, R570)."""
+    return {b: build_stub(tmp_path_factory.mktemp(f"nvml-r{b}"), b) for b in BRANCH_BINDINGS}
+
+
+@pytest.fixture(scope="session")
+def nvml_bindings(tmp_path_factory) -> dict[int, Path]:
+    """Each branch's nvidia-ml-py, installed from PyPI into a directory of its own."""
+    found = {}
+    for branch, version in BRANCH_BINDINGS.items():
+        target = tmp_path_factory.mktemp(f"nvidia-ml-py-{branch}")
+        argv = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target"]
+        subprocess.run([*argv, str(target), f"nvidia-ml-py=={version}"], check=True, timeout=300)
+        found[branch] = target
+    return found
 
 
 # --- NVML scenarios ---
@@ -195,8 +217,11 @@ def install_toolkit(root: Path) -> Path:
 # --- running the agent against a tree and a scenario ---
 
 
-def nvml_env(stub_dir: Path | None, scenario: dict | None, tmp: Path) -> dict[str, str]:
-    """Environment for a child process: the stand-in and its scenario, or no library at all."""
+def nvml_env(
+    stub_dir: Path | None, scenario: dict | None, tmp: Path, bindings: Path | None = None
+) -> dict[str, str]:
+    """Environment for a child process: the stand-in and its scenario, or no library at all;
+    `bindings`: a directory holding another nvidia-ml-py than the venv's."""
     env = dict(os.environ)
     empty = tmp / "no-nvml"
     empty.mkdir(exist_ok=True)
@@ -205,7 +230,7 @@ def nvml_env(stub_dir: Path | None, scenario: dict | None, tmp: Path) -> dict[st
         path = tmp / "scenario.json"
         path.write_text(json.dumps(scenario))
         env["NVML_STUB_SCENARIO"] = str(path)
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([*([str(bindings)] if bindings else []), str(REPO)])
     return env
 
 
@@ -241,9 +266,15 @@ def run_python(code: str, argv: list[str], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout)
 
 
-def collect(root: Path, stub_dir: Path | None, scenario: dict | None, tmp: Path) -> dict:
+def collect(
+    root: Path,
+    stub_dir: Path | None,
+    scenario: dict | None,
+    tmp: Path,
+    bindings: Path | None = None,
+) -> dict:
     """collect_facts(Root(root)) in a child process, as JSON."""
-    return run_python(_FACTS, [str(root)], nvml_env(stub_dir, scenario, tmp))
+    return run_python(_FACTS, [str(root)], nvml_env(stub_dir, scenario, tmp, bindings))
 
 
 def validate_in_child(

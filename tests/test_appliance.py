@@ -32,7 +32,7 @@ from agent.paths import Root
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_REPOSITORY = "fl-agent-test/appliance"
-BUILD_INPUTS = ("packer", "systemd", "context.d", "agent", "pyproject.toml")
+BUILD_INPUTS = ("packer", "systemd", "context.d", "udev", "agent", "pyproject.toml")
 BUILD_SKIP = {".stage", "output", "__pycache__"}
 VM_LABEL = "fl-agent-test.appliance-vm"
 
@@ -215,8 +215,9 @@ ExecStart=/bin/sh /opt/one-standin/one-contextd network
 class ApplianceVM:
     """The booted image: systemd as PID 1, the host's engine, a context 'CD' at /context."""
 
-    def __init__(self, image: str, workdir: Path, data_dir: Path) -> None:
+    def __init__(self, image: str, workdir: Path, data_dir: Path, network: str = "host") -> None:
         self.name = f"fl-agent-test-vm-{uuid.uuid4().hex[:10]}"
+        self.network = network
         self.context_dir = workdir / "context"
         standin = workdir / "one-standin"
         for directory in (self.context_dir, standin, data_dir):
@@ -236,6 +237,8 @@ class ApplianceVM:
             f"{standin / 'one-context.service'}:/etc/systemd/system/one-context.service:ro",
             f"{data_dir}:{data_dir}",
         ]
+        if network == "host":  # the image's firewall would be the host's: off
+            self.mounts.append("/dev/null:/etc/fl-agent/firewall.disabled:ro")
 
     def write_context(self, variables: dict[str, str], token: str) -> None:
         """Replace the context atomically, like oned regenerating the CD."""
@@ -254,7 +257,7 @@ class ApplianceVM:
             "--label",
             VM_LABEL,
             "--network",
-            "host",
+            self.network,
         ]
         for cap in ("SYS_ADMIN", "NET_ADMIN", "MKNOD"):
             argv += ["--cap-add", cap]
@@ -352,8 +355,8 @@ def superlink():
 def vm_factory(appliance_image, tmp_path):
     vms: list[ApplianceVM] = []
 
-    def make(name: str) -> ApplianceVM:
-        vm = ApplianceVM(appliance_image, tmp_path / name, tmp_path / name / "data")
+    def make(name: str, network: str = "host") -> ApplianceVM:
+        vm = ApplianceVM(appliance_image, tmp_path / name, tmp_path / name / "data", network)
         vms.append(vm)
         return vm
 
@@ -498,6 +501,11 @@ def test_broken_context_fails_the_unit_reports_failed_and_starts_nothing(
         supernode(docker_client)
     assert appliance.READY_MARKER not in vm.read(appliance.MOTD)
     assert "state          = FAILED" in vm.read(appliance.SERVICE_REPORT)
+    # The image keeps the NVIDIA /dev/char links (udev) and carries the watch unit.
+    rule = vm.read("/usr/lib/udev/rules.d/71-fl-agent-dev-char.rules")
+    assert "fl-agent dev-char-links" in rule
+    verify = vm.sh("systemd-analyze", "verify", "fl-agent-watch.service")
+    assert verify.stdout + verify.stderr == ""
 
 
 @pytest.mark.docker
@@ -536,3 +544,70 @@ def test_marketplace_checks_with_the_real_supernode_and_no_superlink(
     assert b"Connection attempt failed, retrying" in node.logs()
     assert_marketplace_checks(vm, docker_client)
     assert f"image          = fl-agent/supernode:{version}" in vm.read(appliance.SERVICE_REPORT)
+
+
+def _connects(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+LISTEN = (
+    "import socket, sys, time\n"
+    "servers = [socket.create_server(('0.0.0.0', int(p))) for p in sys.argv[1:]]\n"
+    "time.sleep(600)\n"
+)
+SMTP = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], 25), timeout=3)\n"
+    "except ConnectionRefusedError:\n"
+    "    print('refused')\n"
+)
+
+
+@pytest.mark.docker
+def test_firewall_in_the_booted_image_denies_inbound_keeps_ssh_and_blocks_smtp(vm_factory):
+    """The image on a network namespace of its own (a host-network VM disables its firewall)."""
+    vm = vm_factory("firewall", network="bridge")
+    vm.write_context({"FL_GPU_ENABLED": "MAYBE"}, "token")  # the agent exits 2, touches nothing
+    vm.boot()
+    unit = vm.settle("fl-agent-firewall.service", timeout_s=60)
+    assert (unit["ActiveState"], unit["Result"]) == ("active", "success"), vm.journal()
+    assert vm.sh("systemctl", "is-enabled", "fl-agent-firewall.service").stdout.strip() == "enabled"
+    table = vm.sh("nft", "list", "table", "inet", "fl_agent").stdout
+    assert "policy drop" in table and "tcp dport @inbound_tcp accept" in table
+    assert "elements = { 22 }" in table and "tcp dport 25" in table
+    verify = vm.sh("systemd-analyze", "verify", "fl-agent-firewall.service")
+    assert verify.stdout + verify.stderr == ""
+
+    inspect = ["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", vm.name]
+    address = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
+    gateway = vm.sh("sh", "-c", "ip route | awk '/default/ {print $3}'").stdout.strip()
+    listener = ["docker", "exec", "-d", vm.name, "python3", "-c", LISTEN, "22", "8080", "9092"]
+    subprocess.run(listener, check=True, timeout=30)
+    deadline = time.monotonic() + 20
+    while not _connects(address, 22) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _connects(address, 22), "SSH is open"
+    assert not _connects(address, 8080) and not _connects(address, 9092), "the rest is denied"
+    vm.sh("python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8080))")
+
+    # Outbound SMTP is refused by the table (its counter moves), whoever answers on port 25.
+    assert vm.sh("python3", "-c", SMTP, gateway).stdout.strip() == "refused"
+    output = vm.sh("nft", "list", "chain", "inet", "fl_agent", "output").stdout
+    assert "counter packets 0 " not in output, output
+
+    # Another table (Docker's iptables-nft chains) survives a reload and a stop of ours; a
+    # drop-in opens the SuperLink's Fleet API port.
+    vm.sh("iptables", "-t", "nat", "-N", "DOCKER")
+    drop_in = "add element inet fl_agent inbound_tcp { 9092 }\n"
+    vm.sh("sh", "-c", f"printf '{drop_in}' >/etc/fl-agent/firewall.d/superlink.nft")
+    vm.sh("systemctl", "reload", "fl-agent-firewall.service")
+    assert _connects(address, 9092) and not _connects(address, 8080)
+    vm.sh("systemctl", "stop", "fl-agent-firewall.service")
+    assert "fl_agent" not in vm.sh("nft", "list", "tables").stdout
+    assert "-N DOCKER" in vm.sh("iptables", "-t", "nat", "-S").stdout
+    assert _connects(address, 8080)

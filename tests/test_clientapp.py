@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -17,6 +18,15 @@ from agent.clientapp import (
     select_device,
 )
 from agent.clientapp.memory import installed_framework
+from tests.fixtures_gpu import (  # noqa: F401 - fixtures
+    H100_UUID,
+    MIG_UUIDS,
+    h100,
+    nvml_env,
+    nvml_stub,
+    run_python,
+    two_a100_mig,
+)
 
 CUDA = torch.cuda.is_available()
 GPU = DeviceChoice(kind="cuda", torch_device="cuda:0", name="a GPU", reason="test")
@@ -45,6 +55,8 @@ def test_environment_that_rules_the_gpu_out(env, needle):
         {"FL_GPU_MODE": "GPU"},
         {"CUDA_VISIBLE_DEVICES": "GPU-8d2e0c3a-1111-2222-3333-444455556666"},
         {"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "all"},
+        # CDI injection sets NVIDIA_VISIBLE_DEVICES=void in a container that has the GPU
+        {"FL_GPU_MODE": "GPU", "NVIDIA_VISIBLE_DEVICES": "void"},
     ],
 )
 def test_environment_that_allows_a_gpu(env):
@@ -140,3 +152,27 @@ def test_helpers_import_without_the_agent_dependencies():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+_VISIBLE = """
+import json, sys
+from agent.clientapp.memory import visible_memory_mib
+print(json.dumps(visible_memory_mib(json.loads(sys.argv[1]))))
+"""
+
+
+@pytest.mark.parametrize(
+    ("scenario", "env", "mib"),
+    [
+        ("mig", {"CUDA_VISIBLE_DEVICES": "MIG_A"}, 20 * 1024),  # the slice, not the 80 GB parent
+        ("mig", {}, 20 * 1024),  # a MIG-mode GPU counts as its MIG devices
+        ("h100", {"CUDA_VISIBLE_DEVICES": "GPU_H100"}, 80 * 1024),
+        ("h100", {}, 80 * 1024),
+    ],
+)
+def test_tensorflow_cap_is_sized_from_what_cuda_sees(tmp_path, nvml_stub, scenario, env, mib):  # noqa: F811
+    data = two_a100_mig() if scenario == "mig" else h100()
+    names = {"MIG_A": MIG_UUIDS[0], "GPU_H100": H100_UUID}
+    env = {k: names.get(v, v) for k, v in env.items()}
+    out = run_python(_VISIBLE, [json.dumps(env)], nvml_env(nvml_stub, data, tmp_path))
+    assert out == mib

@@ -37,3 +37,21 @@ def test_training_learns_and_reports_throughput():
     assert after > before + 0.3
     assert result.samples == 2 * len(data.x_train)
     assert result.samples_per_s > 0 and math.isfinite(result.loss)
+
+
+def test_dataloader_workers_train_through_shared_memory():
+    """Worker processes hand batches over in /dev/shm; the result matches the in-process path."""
+    data = load_partition(0, 2048)
+    model = make_model()
+    result = train(
+        model,
+        data.x_train,
+        data.y_train,
+        device="cpu",
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        loader_workers=2,
+    )
+    _, accuracy = evaluate(model, data.x_test, data.y_test, device="cpu")
+    assert accuracy > 0.5 and result.samples == 2 * len(data.x_train)

@@ -11,10 +11,11 @@ import pytest
 
 from agent.config import Config
 from agent.context import Platform, Secret
-from agent.discovery import CA_PATH, check_ca_pem, discover, write_ca
+from agent.discovery import CA_PATH, discover, write_ca
 from agent.emulator.onegate import OneGateEmulator
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
+from agent.tls import check_ca
 
 # Self-signed test CAs (openssl ca -selfsign): valid 2020-2120, and expired in 2001.
 CA = """-----BEGIN CERTIFICATE-----
@@ -282,12 +283,12 @@ def test_ready_superlink_without_ca_leaves_the_system_trust(emulator, tmp_path):
     assert "system's CAs" in found.notes[-1]
 
 
-def test_check_ca_pem_dates():
-    assert check_ca_pem(CA)[0] == CA
-    assert "valid only from 2020" in check_ca_pem(CA, now=datetime(2019, 1, 1, tzinfo=UTC))[1]
-    assert "expired on 2120" in check_ca_pem(CA, now=datetime(2121, 1, 1, tzinfo=UTC))[1]
+def test_check_ca_dates():
+    assert check_ca(CA)[0] == CA
+    assert "valid only from 2020" in check_ca(CA, now=datetime(2019, 1, 1, tzinfo=UTC))[1]
+    assert "expired on 2120" in check_ca(CA, now=datetime(2121, 1, 1, tzinfo=UTC))[1]
     bundle = "junk before\n" + CA + CA
-    assert check_ca_pem(bundle)[0] == CA + CA
+    assert check_ca(bundle)[0] == CA + CA
 
 
 # --------------------------------------------------------------------------- partition id

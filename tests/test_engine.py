@@ -107,20 +107,6 @@ def test_quoting_keeps_references_and_escapes_the_rest():
     assert engine._q('{"label":["a=b"]}') == "%7B%22label%22:%5B%22a%3Db%22%5D%7D"
 
 
-@pytest.mark.parametrize(
-    ("reference", "split"),
-    [
-        ("flwr/supernode:1.25.0", ("flwr/supernode", "1.25.0")),
-        ("registry:5000/repo/name", ("registry:5000/repo/name", "latest")),
-        ("registry:5000/name:tag", ("registry:5000/name", "tag")),
-        ("name@sha256:" + "a" * 64, ("name", "sha256:" + "a" * 64)),
-        ("name:tag@sha256:" + "b" * 64, ("name", "sha256:" + "b" * 64)),
-    ],
-)
-def test_a_reference_splits_into_what_the_pull_call_takes(reference, split):
-    assert engine.split_reference(reference) == split
-
-
 def test_the_engine_is_reached_from_agent_engine_only():
     """No module of the agent imports the docker SDK; only agent/engine.py opens sockets."""
     import re

@@ -159,7 +159,11 @@ def test_lost_gpu_is_a_per_device_problem(tmp_path, nvml_stub):  # noqa: F811
 def test_fabric_state(tmp_path, nvml_stub):  # noqa: F811
     scenario = h100(fabric={"state": 2, "status": 0})
     gpu = collect(tmp_path, nvml_stub, scenario, tmp_path)["nvml"]["gpus"][0]
-    assert gpu["fabric"] == {"state": "in_progress", "status": 0}
+    assert gpu["fabric"] == {
+        "state": "in_progress",
+        "status": 0,
+        "api": "nvmlDeviceGetGpuFabricInfoV",
+    }
 
 
 def test_collect_facts_combines_the_three(tmp_path, nvml_stub):  # noqa: F811

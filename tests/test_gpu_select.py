@@ -84,3 +84,22 @@ def test_mig_and_full_gpu_mixed_is_refused():
 def test_whole_gpu_in_mig_mode_is_refused():
     (problem,) = resolve_devices(selectors("0"), facts(mig=True)).problems
     assert "MIG mode" in problem.message and GPU0 in problem.message
+
+
+def test_several_mig_devices_for_one_supernode_is_named():
+    selection = resolve_devices(selectors(f"{MIG_A},{MIG_B}"), facts(mig=True))
+    assert selection.ok and selection.uuids == (MIG_A, MIG_B)
+    (warning,) = selection.warnings
+    assert warning.name == "mig_one_device_per_process"
+    assert "sees only one MIG device" in warning.message and MIG_A in warning.message
+
+
+def test_all_on_a_mig_gpu_gets_the_same_warning():
+    assert resolve_devices(selectors("all"), facts(mig=True)).warnings[0].name == (
+        "mig_one_device_per_process"
+    )
+
+
+def test_one_mig_device_is_fine():
+    assert resolve_devices(selectors(MIG_A), facts(mig=True)).warnings == ()
+    assert resolve_devices(selectors("all"), facts()).warnings == ()

@@ -10,6 +10,7 @@ import pytest
 
 from agent import cli
 from agent.host import check_host, pciconf
+from agent.host.passthrough import PASSTHROUGH_CHECKS
 from agent.paths import Root
 
 FRONTEND_CONF = "var/lib/one/remotes/etc/im/kvm-probes.d/pci.conf"
@@ -53,6 +54,11 @@ class Host:
     udev: str | None = 'SUBSYSTEM=="vfio", GROUP="kvm", MODE="0666"\n'
     pci_conf: str | None = GOOD_CONF
     synced_conf: str | None = None
+    kvm: bool = True
+    interrupts: str = "  24:  0  IR-PCI-MSI 524288-edge  vfio-msix[0](0000:e1:00.0)\n"
+    modprobe: str | None = "options vfio-pci ids=10de:2330\nsoftdep nvidia pre: vfio-pci\n"
+    # GPU BAR1 (index 1) start; 0: the kernel could not place it
+    bar1_start: int = 0x38000000000
 
     def build(self, base: Path) -> Root:
         _write(base / "proc/cmdline", self.cmdline + "\n")
@@ -73,7 +79,34 @@ class Host:
             _write(base / FRONTEND_CONF, self.pci_conf)
         if self.synced_conf is not None:
             _write(base / SYNCED_CONF, self.synced_conf)
+        if self.kvm:
+            _write(base / "dev/kvm", "")
+        _write(base / "proc/interrupts", "           CPU0\n" + self.interrupts)
+        if self.modprobe is not None:
+            _write(base / "etc/modprobe.d/vfio.conf", self.modprobe)
+        for address, *_ in (d for d in self.devices if d[3].startswith("0x0302")):
+            _write(base / "sys/bus/pci/devices" / address / "resource", _gpu_bars(self.bar1_start))
         return Root(base)
+
+
+def _gpu_bars(bar1_start: int) -> str:
+    """An H100's BARs as sysfs `resource` lists them: BAR0 16 MiB, BAR1 128 GiB and BAR3 32 MiB
+    (the 64-bit ones take two slots); an unplaced BAR reads start 0."""
+
+    def line(start: int, size: int, flags: int) -> str:
+        end = start + size - 1 if start else size - 1
+        return f"0x{start:016x} 0x{end:016x} 0x{flags:016x}"
+
+    empty = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
+    lines = [
+        line(0xE2000000, 16 * 2**20, 0x40200),
+        line(bar1_start, 128 * 2**30, 0x14220C),
+        empty,
+        line(0x3A000000000, 32 * 2**20, 0x14220C),
+        empty,
+        empty,
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _write(path: Path, text: str) -> None:
@@ -115,8 +148,13 @@ def test_a_good_host_passes(tmp_path):
         "iommu_isolation",
         "udev_rule",
         "pci_filter",
+        "kvm_device",
+        "interrupt_remapping",
+        "vfio_early_claim",
+        "mmio_above_4g",
+        "nvswitch_binding",
     ]
-    assert all(s.status == "ok" and s.hint == "" for s in report.stages)
+    assert all(s.status in ("ok", "skip") and s.hint == "" for s in report.stages)
     assert stages["gpu_binding"].detail == "0000:e1:00.0 (0x2330) vfio-pci, IOMMU group 1"
     assert stages["iommu_isolation"].detail.startswith("GPU IOMMU groups 1:")
     assert "4 IOMMU groups" in stages["iommu_groups"].detail
@@ -257,3 +295,103 @@ def test_a_shared_group_without_acs_fails(tmp_path):
     _, stages = run(tmp_path, Host(devices=devices))
     assert stages["iommu_isolation"].status == "fail"
     assert "0000:e2:00.0 bound to igb" in stages["iommu_isolation"].detail
+
+
+# --- passthrough prerequisites (agent/host/passthrough.py) ---
+
+CHECK = {c.__name__: c for c in PASSTHROUGH_CHECKS}
+
+
+def test_large_bar_placement(tmp_path):
+    _, stages = run(tmp_path / "ok", Host())
+    assert stages["mmio_above_4g"].status == "ok"
+    assert "0000:e1:00.0 BAR 1 128 GiB at 0x38000000000" in stages["mmio_above_4g"].detail
+    _, stages = run(tmp_path / "bad", Host(bar1_start=0))
+    assert stages["mmio_above_4g"].status == "fail"
+    assert "BAR 1 (128 GiB) unassigned" in stages["mmio_above_4g"].detail
+    assert "Above 4G decoding" in stages["mmio_above_4g"].hint
+
+
+def test_kernel_68_bar_line_fails_the_mmio_check(tmp_path):
+    host = Host()
+    root = host.build(tmp_path)
+    line = "pci 0000:e1:00.0: BAR 1 [mem size 0x2000000000 64bit pref]: can't assign; no space"
+    _write(tmp_path / "var/log/kern.log", f"Nov 30 10:00:00 host kernel: {line}\n")
+    status, detail, _ = CHECK["mmio_above_4g"](root)
+    assert status == "fail" and line in detail
+
+
+def test_no_kvm(tmp_path):
+    report, stages = run(tmp_path, Host(kvm=False))
+    assert report.verdict == "FAILED" and stages["kvm_device"].status == "fail"
+    assert "kvm_intel is not loaded" in stages["kvm_device"].detail
+
+
+@pytest.mark.parametrize(
+    ("host", "status", "needle"),
+    [
+        (Host(), "ok", "IR-* interrupt domains"),
+        (Host(cmdline="ro intel_iommu=on iommu=pt intremap=off"), "fail", "intremap=off"),
+        (Host(interrupts="  24:  0  PCI-MSI 524288-edge  xhci\n"), "warn", "could not confirm"),
+    ],
+)
+def test_interrupt_remapping(tmp_path, host, status, needle):
+    _, stages = run(tmp_path, host)
+    assert stages["interrupt_remapping"].status == status
+    assert needle in stages["interrupt_remapping"].detail
+
+
+def test_vfio_refusal_in_the_log_fails(tmp_path):
+    host = Host(interrupts="")
+    root = host.build(tmp_path)
+    _write(
+        tmp_path / "var/log/kern.log",
+        "kernel: vfio_iommu_type1_attach_group: No interrupt remapping support.  Use the module "
+        'param "allow_unsafe_interrupts" to enable VFIO IOMMU support on this platform\n',
+    )
+    (tmp_path / "sys/module/vfio_iommu_type1/parameters").mkdir(parents=True)
+    _write(tmp_path / "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts", "N\n")
+    check = CHECK["interrupt_remapping"]
+    status, detail, hint = check(root)
+    assert status == "fail" and "No interrupt remapping support" in detail
+    assert "allow_unsafe_interrupts=1 is only a workaround" in hint
+    _write(tmp_path / "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts", "Y\n")
+    assert check(root)[0] == "warn"
+
+
+@pytest.mark.parametrize(
+    ("modprobe", "extra", "status"),
+    [
+        ("options vfio-pci ids=10de:2330\n", {}, "ok"),
+        ("softdep nouveau pre: vfio-pci\n", {}, "ok"),
+        (None, {"etc/initramfs-tools/modules": "vfio\nvfio_pci\n"}, "ok"),
+        (None, {"etc/driverctl.d/pci-0000:e1:00.0": "vfio-pci\n"}, "ok"),
+        ("options vfio-pci ids=10de:1db6\n", {}, "warn"),  # another GPU's id
+        (None, {}, "warn"),
+    ],
+)
+def test_vfio_claims_the_gpu_early(tmp_path, modprobe, extra, status):
+    host = Host(modprobe=modprobe)
+    root = host.build(tmp_path)
+    for name, text in extra.items():
+        _write(tmp_path / name, text)
+    check = CHECK["vfio_early_claim"]
+    assert check(root)[0] == status
+
+
+NVSWITCH = ("0000:05:00.0", NVIDIA, "0x22a3", "0x068000")
+
+
+@pytest.mark.parametrize(
+    ("driver", "status"), [("vfio-pci", "ok"), ("nvidia", "fail"), (None, "warn")]
+)
+def test_nvswitch_binding(tmp_path, driver, status):
+    devices = [dev(ROOT_PORT, "pcieport"), dev(H100, "vfio-pci"), dev(NVSWITCH, driver, 2)]
+    _, stages = run(tmp_path, Host(devices=devices))
+    assert stages["nvswitch_binding"].status == status
+    assert stages["nvswitch_binding"].detail.startswith("NVSwitch") or status == "warn"
+
+
+def test_no_nvswitch_is_skipped(tmp_path):
+    _, stages = run(tmp_path, Host())
+    assert stages["nvswitch_binding"].status == "skip"

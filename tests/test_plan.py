@@ -22,7 +22,7 @@ def config(**variables: str):
 IMAGE = "flwr/supernode:1.25.0"
 
 
-def inputs(verdict: GpuVerdict, image_user: str | None = "app", **kwargs) -> PlanInputs:
+def inputs(verdict: GpuVerdict, image_user: str | None = "49999:49999", **kwargs) -> PlanInputs:
     base = {
         "superlink": "10.0.0.1:9092",
         "node_config": "partition-id=0 num-partitions=2",
@@ -153,7 +153,7 @@ def test_hardening_mounts_and_labels() -> None:
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["RestartPolicy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
     assert host["Binds"] == ["/opt/flower/data:/app/data:ro"]
-    assert "User" not in body  # the image names a non-root user
+    assert "User" not in body  # the image names a numeric non-root user
     assert body["Labels"]["fl-agent.spec-hash"] == plan.spec.spec_hash
     assert body["Cmd"][:1] == ["--insecure"]
     assert body["Cmd"][-2:] == ["--max-retries", "4"]

@@ -71,10 +71,17 @@ def unit_root(tmp_path_factory) -> Path:
     agent.parent.mkdir(parents=True)
     agent.write_text("#!/bin/sh\n")
     agent.chmod(0o755)
+    nft = root / "usr/sbin/nft"
+    nft.parent.mkdir(parents=True, exist_ok=True)
+    nft.write_text("#!/bin/sh\n")
+    nft.chmod(0o755)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     for unit in UNITS.iterdir():
-        shutil.copy2(unit, system / unit.name)
+        if unit.is_dir():  # drop-in directories
+            shutil.copytree(unit, system / unit.name)
+        else:
+            shutil.copy2(unit, system / unit.name)
     (system / "one-context.service").write_text(ONE_CONTEXT_UNIT)
     subprocess.run(
         [
@@ -84,6 +91,7 @@ def unit_root(tmp_path_factory) -> Path:
             "one-context.service",
             "fl-agent.service",
             "fl-agent-revalidate.timer",
+            "fl-agent-firewall.service",
         ],
         check=True,
         capture_output=True,
@@ -102,6 +110,7 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
             "fl-agent.service",
             "fl-agent-revalidate.service",
             "fl-agent-revalidate.timer",
+            "fl-agent-firewall.service",
         ],
         capture_output=True,
         text=True,
@@ -111,6 +120,27 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
     system = unit_root / "etc/systemd/system"
     assert (system / "multi-user.target.wants/fl-agent.service").is_symlink()
     assert (system / "timers.target.wants/fl-agent-revalidate.timer").is_symlink()
+    assert (system / "sysinit.target.wants/fl-agent-firewall.service").is_symlink()
+
+
+def test_firewall_unit_loads_only_its_own_table_before_the_network():
+    unit = unit_settings(UNITS / "fl-agent-firewall.service")
+    assert unit["ExecStart"] == ["/usr/sbin/nft -f /etc/fl-agent/firewall.nft"]
+    assert unit["ExecStop"] == ["/usr/sbin/nft delete table inet fl_agent"]  # not flush ruleset
+    assert "network-pre.target" in words(unit, "Before") & words(unit, "Wants")
+    assert unit["WantedBy"] == ["sysinit.target"]
+    assert unit["ConditionPathExists"] == ["!/etc/fl-agent/firewall.disabled"]
+
+
+def test_firewall_ruleset_parses_and_touches_only_its_table():
+    """`nft -c` parses and checks the ruleset without committing anything."""
+    ruleset = UNITS / "fl-agent-firewall.nft"
+    result = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = ruleset.read_text()
+    tables = set(re.findall(r"^(?:delete )?table (\w+ \w+)", text, re.MULTILINE))
+    assert tables == {"inet fl_agent"}
+    assert "flush ruleset" not in text
 
 
 def test_boot_unit_runs_once_after_context_engine_and_network():
@@ -147,6 +177,42 @@ def test_revalidate_runs_the_idempotent_boot_after_the_boot_unit():
     assert "3" in words(service, "SuccessExitStatus") and service["TimeoutStartSec"]
     assert timer["OnUnitActiveSec"] and timer["OnBootSec"]
     assert timer["WantedBy"] == ["timers.target"]
+
+
+def test_watch_unit_verifies_clean_enabled(unit_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(unit_root, root, symlinks=True)
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "fl-agent-watch.service"],
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            "multi-user.target",
+            "fl-agent-watch.service",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+    assert (root / "etc/systemd/system/multi-user.target.wants/fl-agent-watch.service").is_symlink()
+
+
+def test_watch_unit_is_long_running_and_always_restarted_after_the_boot_unit():
+    """The `watch` subcommand lands with the watch loop: here the unit's own contract."""
+    unit = unit_settings(UNITS / "fl-agent-watch.service")
+    assert unit["Type"] == ["simple"] and unit["Restart"] == ["always"]
+    assert unit["RestartSec"] and unit["RestartSec"][0] not in ("0", "0s")
+    assert unit["StartLimitIntervalSec"] == ["0"]  # never stops restarting it
+    assert {"fl-agent.service", "docker.service"} <= words(unit, "After")
+    assert not unit.get("Requires") and not unit.get("BindsTo")  # an engine restart is no stop
+    assert unit["ExecStart"] == ["/opt/fl-agent/venv/bin/fl-agent watch"]
+    assert unit["TimeoutStopSec"] and unit["WantedBy"] == ["multi-user.target"]
+    assert "RemainAfterExit" not in unit
 
 
 # --- the one-context hook ---
@@ -278,3 +344,47 @@ def test_every_provisioning_script_runs_in_both_sources_in_order():
     present = [s.name for s in SCRIPTS if re.match(r"\d\d-", s.name)]
     assert listed == sorted(present)
     assert 'sources = ["source.qemu.ubuntu", "source.docker.appliance"]' in build
+
+
+# nvidia-mig-manager.service as NVIDIA/mig-parted ships it (deployments/systemd), ordering only.
+MIG_MANAGER_UNIT = """[Unit]
+Description=Configure MIG on NVIDIA GPUs
+DefaultDependencies=no
+After=nvidia-persistenced.service nvidia-fabricmanager.service
+Before=nvidia-gpu-reset.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_boot_unit_is_ordered_after_the_nvidia_boot_services():
+    dropin = unit_settings(UNITS / "fl-agent.service.d" / "10-nvidia-order.conf")
+    after = words(dropin, "After")
+    assert {"nvidia-mig-manager.service", "nvidia-fabricmanager.service"} <= after
+    assert not dropin.get("Wants") and not dropin.get("Requires")  # ordering only
+    script = (REPO / "packer/scripts/40-agent.sh").read_text()
+    assert "fl-agent.service.d" in script
+
+
+def test_units_verify_clean_with_the_mig_manager_installed(unit_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(unit_root, root, symlinks=True)
+    system = root / "etc/systemd/system"
+    (system / "nvidia-mig-manager.service").write_text(MIG_MANAGER_UNIT)
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "nvidia-mig-manager.service"],
+        check=True,
+        capture_output=True,
+    )
+    assert (system / "fl-agent.service.d/10-nvidia-order.conf").is_file()
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "multi-user.target", "fl-agent.service"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr

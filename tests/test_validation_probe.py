@@ -55,7 +55,7 @@ def test_image_cuda_requirement(env, expected):
         ("nvidia-container-cli: initialization error: load library failed: libnvidia-ml.so.1: "
          "cannot open shared object file", "nvml_library_not_found"),
         ("nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please "
-         "update your driver to a newer version", "cuda_driver_too_old"),
+         "update your driver to a newer version", "cuda_requirement_unmet"),
         ("invoking the NVIDIA Container Runtime Hook directly (e.g. specifying the docker --gpus "
          "flag) is not supported", "toolkit_cdi_mode"),
         ("something else entirely", "container_gpu_failed"),

@@ -5,7 +5,10 @@ only the environment the agent gave that container and imports nothing but the s
 lazily, torch. The agent's contract (see agent/plan.py, the container spec):
 - `FL_GPU_MODE=CPU` - the agent decided on CPU mode: never touch CUDA, whatever is visible.
 - `CUDA_VISIBLE_DEVICES` empty, `void`, `none` or `-1` - no GPU is meant to be visible.
-- `NVIDIA_VISIBLE_DEVICES` `void` or `none` - the container toolkit injected no GPU.
+- `NVIDIA_VISIBLE_DEVICES` `void` or `none` - the container toolkit injected no GPU, unless the
+  agent said `FL_GPU_MODE=GPU`: CDI injection (the toolkit's CDI specs from 1.17, Docker's CDI
+  path) sets `NVIDIA_VISIBLE_DEVICES=void` in a container that does have the GPU, so under the
+  agent its GPU mode and CUDA decide, not that variable.
 Otherwise CUDA is used when torch reports it available.
 """
 
@@ -43,7 +46,8 @@ def gpu_forbidden(environ: Mapping[str, str]) -> str | None:
     if cuda is not None and cuda.strip().lower() in _HIDDEN:
         return f"CUDA_VISIBLE_DEVICES={cuda!r} hides every GPU"
     nvidia = environ.get("NVIDIA_VISIBLE_DEVICES")
-    if nvidia is not None and nvidia.strip().lower() in ("void", "none"):
+    agent_gpu = environ.get("FL_GPU_MODE", "").strip().upper() == "GPU"
+    if not agent_gpu and nvidia is not None and nvidia.strip().lower() in ("void", "none"):
         return f"NVIDIA_VISIBLE_DEVICES={nvidia} injects no GPU"
     return None
 

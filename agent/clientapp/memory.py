@@ -10,7 +10,8 @@ more than the fraction. Leave headroom; real isolation needs MIG or a GPU per no
 
 TensorFlow grabs all GPU memory by default; with a fraction and a known total (NVML) each GPU
 gets a logical device of that size, otherwise memory growth is turned on so the process takes
-only what it uses.
+only what it uses. The total is that of the devices this process sees: the MIG slice named in
+CUDA_VISIBLE_DEVICES (or the MIG devices of a MIG-mode GPU), not the parent GPU NVML lists.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def apply_memory_limit(
     elif fw == "torch":
         limit = _torch(choice, fraction)
     elif fw == "tensorflow":
-        limit = _tensorflow(fraction)
+        limit = _tensorflow(fraction, env)
     else:
         limit = MemoryLimit(fw, fraction, False, "neither torch nor tensorflow is installed")
     LOG.info("gpu memory: %s", limit.detail)
@@ -96,13 +97,13 @@ def _torch(choice: DeviceChoice, fraction: float | None) -> MemoryLimit:
     return MemoryLimit("torch", fraction, True, detail)
 
 
-def _tensorflow(fraction: float | None) -> MemoryLimit:
+def _tensorflow(fraction: float | None, environ: Mapping[str, str]) -> MemoryLimit:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return MemoryLimit("tensorflow", fraction, False, "tensorflow sees no GPU")
-    total_mib = _nvml_min_total_mib() if fraction is not None else None
+    total_mib = visible_memory_mib(environ) if fraction is not None else None
     if fraction is not None and total_mib:
         limit_mib = int(fraction * total_mib)
         config = [tf.config.LogicalDeviceConfiguration(memory_limit=limit_mib)]
@@ -117,8 +118,12 @@ def _tensorflow(fraction: float | None) -> MemoryLimit:
     return MemoryLimit("tensorflow", fraction, False, f"tensorflow memory growth on ({why})")
 
 
-def _nvml_min_total_mib() -> float | None:
-    """The smallest visible GPU's memory in MiB, via NVML when nvidia-ml-py is installed."""
+def visible_memory_mib(environ: Mapping[str, str]) -> float | None:
+    """The smallest memory of the devices this process sees, in MiB, via NVML (nvidia-ml-py).
+
+    CUDA_VISIBLE_DEVICES with GPU-/MIG- UUIDs names them; otherwise every GPU, a MIG-mode GPU
+    counting as its MIG devices (CUDA runs on a slice, never on the MIG-mode parent).
+    """
     try:
         import pynvml
     except ImportError:
@@ -128,11 +133,41 @@ def _nvml_min_total_mib() -> float | None:
     except pynvml.NVMLError:
         return None
     try:
-        count = pynvml.nvmlDeviceGetCount()
         totals = [
-            pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
-            for i in range(count)
+            pynvml.nvmlDeviceGetMemoryInfo(h).total for h in _visible_handles(pynvml, environ)
         ]
+    except pynvml.NVMLError:
+        return None
     finally:
         pynvml.nvmlShutdown()
     return min(totals) / 2**20 if totals else None
+
+
+def _visible_handles(nv, environ: Mapping[str, str]) -> list:
+    named = [
+        entry.strip()
+        for entry in environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        if entry.strip().startswith(("GPU-", "MIG-"))
+    ]
+    if named:
+        return [nv.nvmlDeviceGetHandleByUUID(uuid) for uuid in named]
+    handles = []
+    for index in range(nv.nvmlDeviceGetCount()):
+        gpu = nv.nvmlDeviceGetHandleByIndex(index)
+        handles.extend(_mig_handles(nv, gpu) or [gpu])
+    return handles
+
+
+def _mig_handles(nv, gpu) -> list:
+    try:
+        if nv.nvmlDeviceGetMigMode(gpu)[0] != 1:
+            return []
+    except nv.NVMLError:
+        return []
+    found = []
+    for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(gpu)):
+        try:
+            found.append(nv.nvmlDeviceGetMigDeviceHandleByIndex(gpu, slot))
+        except nv.NVMLError:
+            continue
+    return found

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.gpu.driver import DriverFacts, read_driver
+from agent.errors import Problem
+from agent.gpu.driver import DriverFacts, driver_init_failure, read_driver
 from agent.gpu.nvml import Fabric, MigDevice, NvmlFacts, NvmlGpu, read_nvml
 from agent.gpu.pci import PciFacts, PciGpu, scan_pci
 from agent.gpu.select import Selection, resolve_devices
@@ -25,6 +26,7 @@ __all__ = [
     "PciGpu",
     "Selection",
     "collect_facts",
+    "driver_init_failure",
     "read_driver",
     "read_nvml",
     "resolve_devices",
@@ -42,6 +44,11 @@ class GpuFacts:
     def present(self) -> bool:
         """An NVIDIA GPU is on this VM's PCI bus (whatever its driver state)."""
         return bool(self.pci.gpus)
+
+    @property
+    def driver_init_failure(self) -> Problem | None:
+        """RmInitAdapter failed for a GPU the nvidia driver still holds (see driver.py)."""
+        return driver_init_failure(self.pci, self.nvml)
 
     def to_dict(self) -> dict:
         return {

@@ -9,6 +9,7 @@ differ from CUDA's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,9 +20,15 @@ SUCCESS = 0
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
 INVALID_ARGUMENT = 2
+IRQ_ISSUE = 11
 FUNCTION_NOT_FOUND = 13
+ARGUMENT_VERSION_MISMATCH = 25
+GPU_NOT_FOUND = 28
+UNKNOWN = 999
 MIG_ENABLED = 1
 FABRIC_STATES = {0: "not_supported", 1: "not_started", 2: "in_progress", 3: "completed"}
+FABRIC_V = "nvmlDeviceGetGpuFabricInfoV"  # R550+: versioned struct
+FABRIC_V1 = "nvmlDeviceGetGpuFabricInfo"  # R525+: the only one on R535
 
 _DRIVER_FIX = (
     "install the NVIDIA driver that supports this GPU in the VM image (Debian/Ubuntu: the "
@@ -87,6 +94,21 @@ _CAUSES: dict[int, tuple[str, str, str]] = {
         "check the GPU's power cables on the host",
     ),
     10: ("nvml_timeout", "NVML timed out talking to the GPU", "reboot the VM; check the host"),
+    11: (
+        "gpu_irq_issue",
+        "the NVIDIA kernel module detected an interrupt problem with the GPU: in a passthrough "
+        "VM its interrupts (MSI/MSI-X) are not delivered, typically because the host has no "
+        "interrupt remapping or the guest fell back to legacy INTx",
+        "on the KVM host enable interrupt remapping (VT-d/AMD-Vi with IR in the firmware; "
+        "`fl-agent host-check` checks it) and do not set vfio_iommu_type1 "
+        "allow_unsafe_interrupts; in the VM keep MSI on (no `pci=nomsi`, no NVreg_EnableMSI=0)",
+    ),
+    28: (
+        "nvml_no_gpus",
+        "the NVIDIA driver is loaded but found no GPU it can drive",
+        "check that the GPU is attached to the VM and bound to the nvidia driver "
+        "(`lspci -nnk -d 10de:`); read the kernel log for NVRM lines",
+    ),
     999: (
         "nvml_unknown_error",
         "NVML failed with an unknown error",
@@ -118,6 +140,7 @@ class Fabric:
 
     state: str  # not_supported | not_started | in_progress | completed
     status: int  # the NVML return code of the registration once completed
+    api: str = FABRIC_V  # the NVML call that answered (FABRIC_V1 on R535)
 
     @property
     def ready(self) -> bool:
@@ -136,6 +159,7 @@ class NvmlGpu:
     mig_pending: bool | None = None
     mig_devices: tuple[MigDevice, ...] = ()
     fabric: Fabric | None = None  # None: no fabric on this GPU (or a driver too old to say)
+    brand: int | None = None  # nvmlBrandType_t (14 = NVIDIA: H100/H200/A100)
     problem: Problem | None = None  # this GPU could not be read
 
 
@@ -170,7 +194,7 @@ def read_nvml() -> NvmlFacts:
     driver = cuda = None
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = _optional(pynvml, pynvml.nvmlSystemGetCudaDriverVersion)
+        cuda = optional_call(pynvml, pynvml.nvmlSystemGetCudaDriverVersion)
         count = pynvml.nvmlDeviceGetCount()
         gpus = tuple(_gpu(pynvml, i) for i in range(count))
         return NvmlFacts(True, None, None, driver, cuda, gpus)
@@ -197,9 +221,9 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
     try:
         handle = nv.nvmlDeviceGetHandleByIndex(index)
         uuid = nv.nvmlDeviceGetUUID(handle)
-        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, handle)
-        cc = _optional(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
-        mig = _optional(nv, nv.nvmlDeviceGetMigMode, handle)
+        memory = optional_call(nv, nv.nvmlDeviceGetMemoryInfo, handle)
+        cc = optional_call(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
+        mig = optional_call(nv, nv.nvmlDeviceGetMigMode, handle)
         enabled = mig is not None and mig[0] == MIG_ENABLED
         return NvmlGpu(
             index=index,
@@ -212,6 +236,7 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
             mig_pending=None if mig is None else mig[1] == MIG_ENABLED,
             mig_devices=_mig_devices(nv, handle) if enabled else (),
             fabric=_fabric(nv, handle),
+            brand=optional_call(nv, nv.nvmlDeviceGetBrand, handle),
         )
     except nv.NVMLError as exc:
         return NvmlGpu(index, uuid, problem=problem_for(exc.value, str(exc), f"GPU {index}"))
@@ -227,12 +252,12 @@ def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
             if exc.value in (NOT_FOUND, INVALID_ARGUMENT):
                 continue
             raise
-        memory = _optional(nv, nv.nvmlDeviceGetMemoryInfo, mig)
+        memory = optional_call(nv, nv.nvmlDeviceGetMemoryInfo, mig)
         found.append(
             MigDevice(
                 uuid=nv.nvmlDeviceGetUUID(mig),
-                gpu_instance_id=_optional(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
-                compute_instance_id=_optional(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
+                gpu_instance_id=optional_call(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
+                compute_instance_id=optional_call(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
                 memory_total=memory.total if memory else None,
             )
         )
@@ -240,24 +265,77 @@ def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
 
 
 def _fabric(nv: Any, handle: Any) -> Fabric | None:
-    """Fabric state via nvmlDeviceGetGpuFabricInfoV; None where the GPU or driver has none."""
-    from ctypes import byref
+    """Fabric state: the versioned call (R550+), else the R525+ call; None where there is none.
 
-    struct = getattr(nv, "c_nvmlGpuFabricInfoV_t", None)
-    if struct is None:
-        return None
-    info = struct()
+    The structures are declared here from nvml.h, not taken from the bindings: nvidia-ml-py
+    12.535's nvmlGpuFabricInfo_t has an 80-byte cluster UUID (nvml.h: 16), and every
+    nvidia-ml-py reads the `unsigned char` state as a 4-byte int. A driver without the V call
+    (R535), bindings without it, or a driver refusing the struct's version fall back to v1.
+    """
     try:
-        nv.nvmlDeviceGetGpuFabricInfoV(handle, byref(info))
-    except nv.NVMLError as exc:
-        if exc.value in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
-            return None
-        raise
+        info = _FabricInfoV2(version=FABRIC_INFO_V2)
+        _call(nv, FABRIC_V, handle, info)
+        api = FABRIC_V
+    except (nv.NVMLError, AttributeError) as exc:
+        if getattr(exc, "value", FUNCTION_NOT_FOUND) not in (
+            FUNCTION_NOT_FOUND,
+            ARGUMENT_VERSION_MISMATCH,
+        ):
+            return _fabric_error(nv, exc)
+        info, api = _FabricInfoV1(), FABRIC_V1
+        try:
+            _call(nv, FABRIC_V1, handle, info)
+        except (nv.NVMLError, AttributeError) as exc_v1:
+            return _fabric_error(nv, exc_v1)
     state = FABRIC_STATES.get(info.state, f"unknown_{info.state}")
-    return None if state == "not_supported" else Fabric(state, int(info.status))
+    return None if state == "not_supported" else Fabric(state, int(info.status), api)
 
 
-def _optional(nv: Any, fn: Any, *args: Any) -> Any:
+def _fabric_error(nv: Any, exc: Exception) -> None:
+    if isinstance(exc, AttributeError) or exc.value in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
+        return None
+    raise exc
+
+
+class _FabricInfoV1(ctypes.Structure):
+    """nvmlGpuFabricInfo_t (nvml.h, CUDA 12.2+)."""
+
+    _fields_ = [
+        ("clusterUuid", ctypes.c_ubyte * 16),
+        ("status", ctypes.c_int),
+        ("cliqueId", ctypes.c_uint32),
+        ("state", ctypes.c_ubyte),
+    ]
+
+
+class _FabricInfoV2(ctypes.Structure):
+    """nvmlGpuFabricInfo_v2_t (nvml.h, CUDA 12.4+): `version` first, `healthMask` last."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("clusterUuid", ctypes.c_ubyte * 16),
+        ("status", ctypes.c_int),
+        ("cliqueId", ctypes.c_uint32),
+        ("state", ctypes.c_ubyte),
+        ("healthMask", ctypes.c_uint32),
+    ]
+
+
+# NVML_STRUCT_VERSION(GpuFabricInfo, 2): sizeof | version << 24
+FABRIC_INFO_V2 = ctypes.sizeof(_FabricInfoV2) | 2 << 24
+
+
+def _call(nv: Any, name: str, handle: Any, info: ctypes.Structure) -> None:
+    """Call an NVML function by name with our own structure, whatever the bindings declare."""
+    wrapper = getattr(nv, name, None)
+    if wrapper is not None:
+        wrapper(handle, ctypes.byref(info))
+        return
+    function = nv._nvmlGetFunctionPointer(name)  # raises FUNCTION_NOT_FOUND when absent
+    nv._nvmlCheckReturn(function(handle, ctypes.byref(info)))
+
+
+def optional_call(nv: Any, fn: Any, *args: Any) -> Any:
     """Call an NVML query that some GPUs or drivers do not support; None then."""
     try:
         return fn(*args)

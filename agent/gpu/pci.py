@@ -19,7 +19,10 @@ NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")
 NVSWITCH_CLASS = "0x0680"
 BAR_COUNT = 6  # standard BARs 0..5; the `resource` file lists them first
+_MEM_64 = 0x00100000  # IORESOURCE_MEM_64 in the flags column of `resource`
 
+# BAR failures: before 6.8 "BAR 1: no space for [mem size ...]" / "BAR 1: failed to assign";
+# from 6.8 "BAR 1 [mem size 0x4000000000 64bit pref]: can't assign; no space".
 # Kernel log files read for driver-init errors, under the root. /dev/kmsg needs privileges and
 # is a stream; rsyslog's kern.log and the boot-time dmesg capture are plain files.
 KERNEL_LOGS = ("/var/log/kern.log", "/var/log/dmesg")
@@ -27,7 +30,8 @@ KERNEL_LOG_TAIL = 2 * 1024 * 1024  # bytes read from the end of each file
 KERNEL_LOG_MAX_LINES = 20
 _KERNEL_ERRORS = re.compile(
     r"RmInitAdapter failed|rm_init_adapter failed|NVRM: .*probe routine failed|"
-    r"fallen off the bus|BAR \d+: (?:no space|failed to assign)|Key was rejected by service|"
+    r"fallen off the bus|BAR \d+(?: \[[^\]]*\])?: (?:no space|failed to assign|can't assign)|"
+    r"Key was rejected by service|"
     r"NVRM: Xid|NVRM: .*PCI I/O region .* is invalid",
 )
 
@@ -36,6 +40,8 @@ _KERNEL_ERRORS = re.compile(
 class Bar:
     index: int
     size: int  # bytes; 0 when the BAR is unassigned
+    start: int = 0  # bus address; 0 for a sized BAR the kernel could not place
+    is_64bit: bool = False  # a 64-bit memory BAR (it can live above 4 GiB)
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,11 @@ def _bars(resource: Path) -> tuple[Bar, ...]:
     bars = []
     for index, line in enumerate(text.splitlines()[:BAR_COUNT]):
         try:
-            start, end, _flags = (int(v, 16) for v in line.split())
+            start, end, flags = (int(v, 16) for v in line.split())
         except ValueError:
             continue
-        bars.append(Bar(index, end - start + 1 if end > start else 0))
+        size = end - start + 1 if end > start else 0
+        bars.append(Bar(index, size, start, bool(flags & _MEM_64)))
     return tuple(bars)
 
 

@@ -4,6 +4,10 @@ Indices are NVML's (what `nvidia-smi` shows), which CUDA's numbering may not fol
 resolved to UUIDs here and only UUIDs travel on (to the container's device request and its
 CUDA_VISIBLE_DEVICES). The NVIDIA toolkit accepts `GPU-<uuid>` and, since driver 470,
 `MIG-<uuid>`; the legacy `MIG-GPU-<uuid>/<gi>/<ci>` form is translated to the latter.
+
+A CUDA process enumerates one MIG device only, however many the container is given (NVIDIA's
+MIG user guide, CUDA 11 and 12): several MIG devices for one SuperNode leave all but the first
+idle unless each ClientApp process is pinned to its own (CUDA_VISIBLE_DEVICES=MIG-<uuid>).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 class Selection:
     uuids: tuple[str, ...] | None  # None: all GPUs (the config asked for all)
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()  # the selection works, but not as one might expect
 
     @property
     def ok(self) -> bool:
@@ -32,7 +37,8 @@ class Selection:
 def resolve_devices(selectors: tuple[DeviceSelector, ...] | None, nvml: NvmlFacts) -> Selection:
     """Resolve the configured selectors to GPU/MIG UUIDs; each bad entry is a Problem naming it."""
     if selectors is None:
-        return Selection(None)
+        every_mig = [m.uuid for g in nvml.gpus for m in g.mig_devices]
+        return Selection(None, (), _one_mig_per_process(every_mig))
     gpus = [g for g in nvml.gpus if g.uuid]
     uuids: list[str] = []
     problems: list[Problem] = []
@@ -44,7 +50,24 @@ def resolve_devices(selectors: tuple[DeviceSelector, ...] | None, nvml: NvmlFact
             uuids.append(uuid)
     if not problems:
         problems.extend(_unhonourable(uuids, gpus))
-    return Selection(tuple(uuids), tuple(problems))
+    return Selection(tuple(uuids), tuple(problems), _one_mig_per_process(uuids))
+
+
+def _one_mig_per_process(uuids: list[str]) -> tuple[Problem, ...]:
+    migs = [u for u in uuids if u.startswith("MIG-")]
+    if len(migs) < 2:
+        return ()
+    return (
+        Problem(
+            "mig_one_device_per_process",
+            SUBJECT,
+            f"{len(migs)} MIG devices selected ({', '.join(migs)}) for one SuperNode, but a "
+            f"CUDA process sees only one MIG device: its ClientApps would all use {migs[0]} "
+            "and leave the others idle",
+            "select one MIG device per SuperNode (one VM or node per MIG device), or pin each "
+            "ClientApp process to its own device with CUDA_VISIBLE_DEVICES=MIG-<uuid>",
+        ),
+    )
 
 
 def _resolve(selector: DeviceSelector, gpus: list[NvmlGpu]) -> tuple[str, Problem | None]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.gpu.pci import PciGpu, scan_pci
 from agent.host import pciconf
+from agent.host.passthrough import PASSTHROUGH_CHECKS
 from agent.outcome import StageStatus
 from agent.paths import Root
 from agent.stages import Check, StageResult, run_stage
@@ -63,6 +64,7 @@ def check_host(root: Root) -> HostReport:
         iommu_isolation,
         udev_rule,
         pci_filter,
+        *PASSTHROUGH_CHECKS,
     )
     return HostReport(tuple(run_stage(check.__name__, _as_stage, check, root) for check in checks))
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from agent.errors import AgentError
 from agent.outcome import ExitCode
+from agent.terminal import escape_controls
 
 if TYPE_CHECKING:
     from agent.one.connection import OneClient
@@ -216,9 +217,10 @@ def _fail(exc: AgentError) -> int:
     from agent.one.connection import OneInputError
 
     for problem in exc.problems:
-        sys.stderr.write(f"error: {problem}\n")
+        sys.stderr.write(f"error: {escape_controls(str(problem))}\n")
     return ExitCode.INVALID if isinstance(exc, OneInputError) else ExitCode.FAILED
 
 
 def _write(text: str) -> None:
-    sys.stdout.write(text)
+    """Names and states come from oned: its lines stay, control characters in them do not."""
+    sys.stdout.write(escape_controls(text, keep="\n"))

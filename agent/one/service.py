@@ -35,7 +35,7 @@ _ROLE_NAME = re.compile(r"^\w+$")
 
 def parse_range(text: str) -> tuple[int, int]:
     """``MIN:MAX`` (or a single ``N``) -> (min, max), with 0 <= min <= max and max >= 1."""
-    match = re.fullmatch(r"\s*(\d{1,4})\s*(?::\s*(\d{1,4})\s*)?", text)
+    match = re.fullmatch(r"\s*([0-9]{1,4})\s*(?::\s*([0-9]{1,4})\s*)?", text)
     if not match:
         raise invalid_input("--supernodes", f"{text!r} is not MIN:MAX", "for example 2:10")
     low, high = int(match[1]), int(match[2] if match[2] is not None else match[1])

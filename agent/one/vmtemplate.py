@@ -246,9 +246,14 @@ def nic_for(network: str, pool: object) -> dict[str, str]:
     return _reference(network, found, "NETWORK_ID", "NETWORK", "NETWORK_UNAME")
 
 
+def _is_id(value: str) -> bool:
+    """ASCII digits: str.isdigit also accepts '²' and other scripts' digits."""
+    return re.fullmatch(r"[0-9]{1,10}", value) is not None
+
+
 def _find(value: str, items: list, flag: str, what: str, listing: str) -> object:
     value = value.strip()
-    if value.isdigit():
+    if _is_id(value):
         matches = [i for i in items if int(i.ID) == int(value)]
     else:
         matches = [i for i in items if str(i.NAME) == value]
@@ -262,6 +267,6 @@ def _find(value: str, items: list, flag: str, what: str, listing: str) -> object
 
 def _reference(value: str, item: object, id_key: str, name_key: str, owner_key: str) -> dict:
     """By ID as given; by name with its owner, so the name resolves for whoever instantiates."""
-    if value.strip().isdigit():
+    if _is_id(value.strip()):
         return {id_key: str(item.ID)}
     return {name_key: str(item.NAME), owner_key: str(item.UNAME)}

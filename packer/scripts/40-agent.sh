@@ -19,6 +19,10 @@ ln -sf "$venv/bin/fl-agent" /usr/local/bin/fl-agent
 "$venv/bin/fl-agent" --version
 
 install -m 0644 "$FL_STAGE"/systemd/*.service "$FL_STAGE"/systemd/*.timer /usr/lib/systemd/system/
+install -D -m 0644 -t /usr/lib/systemd/system/fl-agent.service.d \
+  "$FL_STAGE"/systemd/fl-agent.service.d/*.conf
+# The /dev/char links of the NVIDIA device nodes, made again whenever the driver binds.
+install -D -m 0644 -t /usr/lib/udev/rules.d "$FL_STAGE"/udev/*.rules
 install -d -m 0755 /etc/one-context.d
 # The hook, and the net-99-report-ready that leaves READY to the agent (replacing one-context's).
 install -m 0755 "$FL_STAGE"/context.d/* /etc/one-context.d/

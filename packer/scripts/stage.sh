@@ -10,6 +10,7 @@ mkdir -p "$STAGE/dist"
 "$PYTHON" -m pip wheel --no-deps --quiet --wheel-dir "$STAGE/dist" "$REPO"
 cp -r "$REPO/systemd" "$STAGE/systemd"
 cp -r "$REPO/context.d" "$STAGE/context.d"
+cp -r "$REPO/udev" "$STAGE/udev"
 if [ -n "$PIP_CERT_SRC" ]; then
   cp "$PIP_CERT_SRC" "$STAGE/pip-ca.crt"
 fi

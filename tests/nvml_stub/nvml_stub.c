@@ -15,22 +15,63 @@
  *                                  "memory_total": 10737418240}],
  *                 "fabric": {"state": 2, "status": 0, "completed_after": 2},
  *                              absent: not supported; completed_after: calls until state 3
+ *                 "brand": 14,          nvmlBrandType_t (14 NVIDIA, 2 Tesla, 5 GeForce)
  *                 "handle_error": 0,    return code of nvmlDeviceGetHandleByIndex_v2
- *                 "error": 0}]}         return code of every other query on this GPU
- * Structures follow nvml.h as pynvml declares them (nvmlPciInfo_t, nvmlMemory_t,
- * nvmlGpuFabricInfo_v2_t).
+ *                 "error": 0,           return code of every other query on this GPU
+ *                 "event_types": 31,    nvmlDeviceGetSupportedEventTypes (default: SBE, DBE,
+ *                                       PState, XID, Clock = 0x1f)
+ *                 "ecc": {"uncorrected_volatile": 0, "uncorrected_aggregate": 0,
+ *                         "corrected_volatile": 0, "corrected_aggregate": 0},
+ *                              absent: ECC not supported (nvmlDeviceGetTotalEccErrors)
+ *                 "remapped_rows": {"correctable": 0, "uncorrectable": 0, "pending": 0,
+ *                                   "failure": 0},   absent: no row remapper (pre-Ampere)
+ *                 "clock_reasons": 0}]}  nvmlDeviceGetCurrentClocksEventReasons bits
+ *
+ * Events and lost GPUs come at run time from the trigger file named by $NVML_STUB_EVENTS:
+ * one JSON object a line, appended by the test while the process under test waits:
+ *   {"gpu": 0, "type": 8, "data": 79}   an event (nvmlEventType bits, eventData = the XID)
+ *   {"gpu": 0, "lost": 1}               from now on the GPU answers NVML_ERROR_GPU_IS_LOST
+ * nvmlEventSetWait_v2 delivers an event only to a set the GPU registered that type with, and
+ * returns NVML_ERROR_TIMEOUT when none arrived within the timeout and NVML_ERROR_GPU_IS_LOST once
+ * a GPU is lost (as nvml.h documents; so does nvmlDeviceGetHandleByUUID, for any lost GPU);
+ * nvmlDeviceRegisterEvents refuses types the GPU does not support (NVML_ERROR_NOT_SUPPORTED).
+ * Structures follow nvml.h (nvmlPciInfo_t, nvmlMemory_t, nvmlGpuFabricInfo_t and
+ * nvmlGpuFabricInfo_v2_t as in NVIDIA/go-nvml's copies of nvml.h for CUDA 12.2/12.4/12.8).
+ *
+ * Driver branches (compile with -DNVML_BRANCH=535, 550 or 570; default 550), strict where the
+ * real library is:
+ *   R535 (nvml.h of CUDA 12.2): no nvmlDeviceGetGpuFabricInfoV symbol, only
+ *        nvmlDeviceGetGpuFabricInfo (R525+); no NVML_ERROR_GPU_NOT_FOUND.
+ *   R550 (12.4), R570 (12.8): nvmlDeviceGetGpuFabricInfoV takes nvmlGpuFabricInfo_v2_t and
+ *        refuses any other `version` (a v1 struct has none: its first bytes are the cluster
+ *        UUID) with NVML_ERROR_ARGUMENT_VERSION_MISMATCH.
+ * The fabric state is an `unsigned char` (nvmlGpuFabricState_t); the bytes after it are
+ * struct padding, which the C ABI leaves unspecified: the stand-in fills them, so a reader
+ * that takes the state as a 4-byte int (every nvidia-ml-py declares it c_uint) sees garbage.
+ * nvmlInit fails when the driver has no GPU unless NVML_INIT_FLAG_NO_GPUS is passed (nvml.h:
+ * "Don't fail nvmlInit() when no GPUs are found"): NVML_ERROR_GPU_NOT_FOUND (28) from R550; the
+ * R535 header has no such code, the stand-in answers NVML_ERROR_UNKNOWN there (not verified
+ * against a real R535 library).
  */
 #include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 enum {
     OK = 0, UNINITIALIZED = 1, INVALID_ARGUMENT = 2, NOT_SUPPORTED = 3, NOT_FOUND = 6,
-    INSUFFICIENT_SIZE = 7, UNKNOWN = 999
+    INSUFFICIENT_SIZE = 7, TIMEOUT = 10, GPU_IS_LOST = 15, ARGUMENT_VERSION_MISMATCH = 25,
+    GPU_NOT_FOUND = 28, UNKNOWN = 999
 };
+
+#ifndef NVML_BRANCH
+#define NVML_BRANCH 550
+#endif
+#define NVML_INIT_FLAG_NO_GPUS 1
+#define NVML_STRUCT_VERSION(type, ver) (unsigned int)(sizeof(type) | ((ver) << 24U))
 
 /* ---- a small JSON reader: enough for the scenario files ---- */
 
@@ -174,10 +215,17 @@ static int copy_out(const char *value, char *buf, unsigned int length) {
 }
 
 /* A GPU's own error, or its parent's for a MIG handle. */
+static void refresh(void);
+static int any_lost(void);
+static int lost[64];
+
 static int dev_error(device *d) {
     if (!initialized) return UNINITIALIZED;
     if (!d || !d->spec) return INVALID_ARGUMENT;
-    return (int)num(d->parent ? d->parent->spec : d->spec, "error", OK);
+    refresh();
+    device *gpu = d->parent ? d->parent : d;
+    if (lost[gpu - gpus]) return GPU_IS_LOST;
+    return (int)num(gpu->spec, "error", OK);
 }
 
 #define CHECK(d)                      \
@@ -189,10 +237,11 @@ static int dev_error(device *d) {
 /* ---- the NVML entry points pynvml calls ---- */
 
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
-    (void)flags;
     if (!scenario && load() != OK) return UNKNOWN;
     int rc = (int)num(scenario, "init", OK);
     if (rc != OK) return rc;
+    if (device_count() == 0 && !(flags & NVML_INIT_FLAG_NO_GPUS))
+        return NVML_BRANCH >= 550 ? GPU_NOT_FOUND : UNKNOWN;
     for (int i = 0; i < device_count() && i < 64; i++) {
         gpus[i].spec = item(get(scenario, "devices"), i);
         gpus[i].parent = NULL;
@@ -217,6 +266,11 @@ const char *nvmlErrorString(nvmlReturn_t result) {
     case 4: return "Insufficient Permissions";
     case 6: return "Not Found";
     case 9: return "Driver Not Loaded";
+    case 11: return "Interrupt request issue";
+    case 13: return "Function Not Found";
+    case 25: return "Argument version mismatch";
+    case 28: return "No GPUs were found";
+    case 10: return "Timeout";
     case 15: return "GPU is lost";
     case 18: return "RM has detected an NVML/RM version mismatch.";
     default: return "Unknown Error";
@@ -251,17 +305,37 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, device **handle) 
     if ((int)index >= device_count()) return INVALID_ARGUMENT;
     int rc = (int)num(gpus[index].spec, "handle_error", OK);
     if (rc != OK) return rc;
+    refresh();
+    if (lost[index]) return GPU_IS_LOST;
     *handle = &gpus[index];
     return OK;
 }
 
+static int any_lost(void) {
+    refresh();
+    for (int i = 0; i < device_count() && i < 64; i++)
+        if (lost[i]) return 1;
+    return 0;
+}
+
+/* nvml.h: GPU_IS_LOST "if any GPU has fallen off the bus", not only the one asked for. */
 nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, device **handle) {
     if (!initialized) return UNINITIALIZED;
-    for (int i = 0; i < device_count(); i++)
+    if (any_lost()) return GPU_IS_LOST;
+    for (int i = 0; i < device_count() && i < 64; i++) {
         if (!strcmp(str(gpus[i].spec, "uuid", ""), uuid)) {
             *handle = &gpus[i];
             return OK;
         }
+        json *list = get(gpus[i].spec, "mig_devices"); /* MIG-<uuid> handles too */
+        for (int m = 0; list && m < list->n && m < 8; m++)
+            if (!strcmp(str(list->items[m], "uuid", ""), uuid)) {
+                migs[i][m].spec = list->items[m];
+                migs[i][m].parent = &gpus[i];
+                *handle = &migs[i][m];
+                return OK;
+            }
+    }
     return NOT_FOUND;
 }
 
@@ -308,6 +382,12 @@ nvmlReturn_t nvmlDeviceGetCudaComputeCapability(device *d, int *major, int *mino
     if (!cc || cc->n < 2) return NOT_SUPPORTED;
     *major = (int)cc->items[0]->num;
     *minor = (int)cc->items[1]->num;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetBrand(device *d, int *brand) {
+    CHECK(d);
+    *brand = (int)num(d->parent ? d->parent->spec : d->spec, "brand", 14); /* 14: NVIDIA */
     return OK;
 }
 
@@ -364,26 +444,202 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(device *d, unsigned int *id) {
     return OK;
 }
 
+/* nvml.h: typedef unsigned char nvmlGpuFabricState_t; R535 names cliqueId partitionId. */
+typedef struct {
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    uint32_t cliqueId;
+    unsigned char state;
+} nvmlGpuFabricInfo_t;
+
 typedef struct {
     unsigned int version;
     unsigned char clusterUuid[16];
     nvmlReturn_t status;
     uint32_t cliqueId;
-    unsigned int state;
+    unsigned char state;
     uint32_t healthMask;
 } nvmlGpuFabricInfo_v2_t;
 
-nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(device *d, nvmlGpuFabricInfo_v2_t *info) {
+#define PADDING 0xA5 /* unspecified bytes: whatever the library's copy leaves there */
+
+/* A GPU's fabric state and status at this call (registration completes after
+ * `completed_after` calls). */
+static int fabric_now(device *d, unsigned char *state, nvmlReturn_t *status) {
     CHECK(d);
     json *fabric = get(d->spec, "fabric");
     if (!fabric) return NOT_SUPPORTED;
     static int calls[64];
     int g = (int)(d - gpus);
-    long long after = num(fabric, "completed_after", -1); /* calls until registration completes */
+    long long after = num(fabric, "completed_after", -1);
     calls[g]++;
-    info->state = after >= 0 && calls[g] > after ? 3 : (unsigned int)num(fabric, "state", 0);
-    info->status = (nvmlReturn_t)num(fabric, "status", OK);
-    info->cliqueId = 0;
-    info->healthMask = 0;
+    *state = after >= 0 && calls[g] > after ? 3 : (unsigned char)num(fabric, "state", 0);
+    *status = (nvmlReturn_t)num(fabric, "status", OK);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfo(device *d, nvmlGpuFabricInfo_t *info) {
+    nvmlGpuFabricInfo_t out;
+    memset(&out, PADDING, sizeof(out));
+    int rc = fabric_now(d, &out.state, &out.status);
+    if (rc != OK) return rc;
+    memset(out.clusterUuid, 0, sizeof(out.clusterUuid));
+    out.cliqueId = 0;
+    memcpy(info, &out, sizeof(out));
+    return OK;
+}
+
+#if NVML_BRANCH >= 550
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(device *d, nvmlGpuFabricInfo_v2_t *info) {
+    if (info->version != NVML_STRUCT_VERSION(nvmlGpuFabricInfo_v2_t, 2))
+        return ARGUMENT_VERSION_MISMATCH;
+    nvmlGpuFabricInfo_v2_t out;
+    memset(&out, PADDING, sizeof(out));
+    int rc = fabric_now(d, &out.state, &out.status);
+    if (rc != OK) return rc;
+    out.version = info->version;
+    memset(out.clusterUuid, 0, sizeof(out.clusterUuid));
+    out.cliqueId = 0;
+    out.healthMask = 0;
+    memcpy(info, &out, sizeof(out));
+    return OK;
+}
+#endif
+
+/* ---- health: ECC, row remapping, clock event reasons ---- */
+
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(device *d, int errorType, int counterType,
+                                         unsigned long long *count) {
+    CHECK(d);
+    static const char *names[2][2] = {{"corrected_volatile", "corrected_aggregate"},
+                                      {"uncorrected_volatile", "uncorrected_aggregate"}};
+    if (errorType < 0 || errorType > 1 || counterType < 0 || counterType > 1)
+        return INVALID_ARGUMENT;
+    json *ecc = get(d->spec, "ecc");
+    if (!ecc) return NOT_SUPPORTED;
+    *count = (unsigned long long)num(ecc, names[errorType][counterType], 0);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(device *d, unsigned int *corrRows, unsigned int *uncRows,
+                                       unsigned int *isPending, unsigned int *failureOccurred) {
+    CHECK(d);
+    json *rows = get(d->spec, "remapped_rows");
+    if (!rows || d->parent) return NOT_SUPPORTED;
+    *corrRows = (unsigned int)num(rows, "correctable", 0);
+    *uncRows = (unsigned int)num(rows, "uncorrectable", 0);
+    *isPending = (unsigned int)num(rows, "pending", 0);
+    *failureOccurred = (unsigned int)num(rows, "failure", 0);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(device *d, unsigned long long *reasons) {
+    CHECK(d);
+    *reasons = (unsigned long long)num(d->spec, "clock_reasons", 0);
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(device *d, unsigned long long *reasons) {
+    return nvmlDeviceGetCurrentClocksEventReasons(d, reasons);
+}
+
+/* ---- events ---- */
+
+#define DEFAULT_EVENT_TYPES 0x1fULL /* SBE | DBE | PState | XID | Clock */
+
+typedef struct {
+    device *device;
+    unsigned long long eventType, eventData;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+
+typedef struct event_set {
+    unsigned long long registered[64]; /* event types per GPU */
+    int delivered;                     /* events of the queue already seen by this set */
+} event_set;
+
+static nvmlEventData_t queue[256];
+static int queued;
+static long consumed; /* bytes of the trigger file already read */
+
+/* Read the lines appended to the trigger file since the last call. */
+static void refresh(void) {
+    const char *path = getenv("NVML_STUB_EVENTS");
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return;
+    char line[512];
+    fseek(f, consumed, SEEK_SET);
+    while (fgets(line, sizeof(line), f)) {
+        if (!strchr(line, '\n')) break; /* a line still being written: next time */
+        consumed += (long)strlen(line);
+        p = line;
+        json *j = parse_value();
+        int g = (int)num(j, "gpu", 0);
+        if (g < 0 || g >= device_count() || g >= 64) continue;
+        if (num(j, "lost", 0)) lost[g] = 1;
+        if (get(j, "type") && queued < 256) {
+            nvmlEventData_t *e = &queue[queued++];
+            memset(e, 0, sizeof(*e));
+            e->device = &gpus[g];
+            e->eventType = (unsigned long long)num(j, "type", 0);
+            e->eventData = (unsigned long long)num(j, "data", 0);
+            e->gpuInstanceId = e->computeInstanceId = 0xFFFFFFFF; /* not attributable */
+        }
+    }
+    fclose(f);
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(device *d, unsigned long long *types) {
+    CHECK(d);
+    *types = (unsigned long long)num(d->spec, "event_types", (long long)DEFAULT_EVENT_TYPES);
+    return OK;
+}
+
+nvmlReturn_t nvmlEventSetCreate(event_set **set) {
+    if (!initialized) return UNINITIALIZED;
+    if (!set) return INVALID_ARGUMENT;
+    *set = calloc(1, sizeof(event_set));
+    refresh();
+    (*set)->delivered = queued; /* a new set sees only events from now on */
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(device *d, unsigned long long types, event_set *set) {
+    CHECK(d);
+    if (!set || d->parent) return INVALID_ARGUMENT;
+    unsigned long long supported;
+    nvmlDeviceGetSupportedEventTypes(d, &supported);
+    if (types & ~supported) return NOT_SUPPORTED;
+    set->registered[d - gpus] |= types;
+    return OK;
+}
+
+static int next_event(event_set *set, nvmlEventData_t *data) {
+    refresh();
+    while (set->delivered < queued) {
+        nvmlEventData_t *e = &queue[set->delivered++];
+        if (set->registered[e->device - gpus] & e->eventType) {
+            *data = *e;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(event_set *set, nvmlEventData_t *data, unsigned int timeoutms) {
+    if (!initialized) return UNINITIALIZED;
+    if (!set || !data) return INVALID_ARGUMENT;
+    struct timespec step = {0, 10 * 1000 * 1000};
+    for (unsigned int waited = 0;; waited += 10) {
+        if (next_event(set, data)) return OK;
+        if (any_lost()) return GPU_IS_LOST; /* nvml.h: "if a GPU has fallen off the bus" */
+        if (waited >= timeoutms) return TIMEOUT;
+        nanosleep(&step, NULL);
+    }
+}
+
+nvmlReturn_t nvmlEventSetFree(event_set *set) {
+    if (!initialized) return UNINITIALIZED;
+    free(set);
     return OK;
 }

@@ -48,6 +48,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         epochs=int(context.run_config["local-epochs"]),
         batch_size=int(context.run_config["batch-size"]),
         lr=float(msg.content["config"]["lr"]),
+        loader_workers=int(context.run_config.get("loader-workers", 0)),
     )
     metrics = MetricRecord(
         {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 NUM_FEATURES = 64
 NUM_CLASSES = 8
@@ -73,30 +74,55 @@ def train(
     epochs: int,
     batch_size: int,
     lr: float,
+    loader_workers: int = 0,
 ) -> TrainResult:
-    """Plain SGD over shuffled mini-batches; throughput counts samples seen per second."""
+    """Plain SGD over shuffled mini-batches; throughput counts samples seen per second.
+
+    loader_workers > 0 feeds the batches through a torch DataLoader with that many worker
+    processes, as real training does: the workers hand batches over in shared memory
+    (/dev/shm), so a container with Docker's 64 MB default fails here ("bus error",
+    "insufficient shared memory") the way a real ClientApp would.
+    """
     model.to(device)
     model.train()
-    x, y = x.to(device), y.to(device)
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     order = torch.Generator().manual_seed(epochs)
-    total, seen = 0.0, 0
+    total, seen = torch.zeros((), device=device), 0
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=order).to(device)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i : i + batch_size]
+        for xb, yb in _batches(x, y, batch_size, order, loader_workers, device):
             optimiser.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             optimiser.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
+            total += loss.detach() * len(yb)
+            seen += len(yb)
     _sync(device)
     seconds = time.perf_counter() - start
     return TrainResult(float(total) / max(seen, 1), seen, seconds)
+
+
+def _batches(x, y, batch_size: int, order: torch.Generator, workers: int, device: str):
+    """One epoch's shuffled mini-batches, on `device`."""
+    if workers <= 0:
+        xd, yd = x.to(device), y.to(device)
+        perm = torch.randperm(len(x), generator=order).to(device)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            yield xd[idx], yd[idx]
+        return
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=order,
+        num_workers=workers,
+        pin_memory=device.startswith("cuda"),
+    )
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
 def evaluate(
