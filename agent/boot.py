@@ -36,6 +36,7 @@ from agent.record import BootRecord, now
 if TYPE_CHECKING:
     from agent.discovery import Discovery, Pin
     from agent.engine import ConvergeResult, Engine
+    from agent.inputs import Inputs
     from agent.validation import Observed, ValidationReport
 
 
@@ -236,7 +237,7 @@ def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
         inputs = session.timed("context", read_inputs, session.root, context_file)
     except AgentError as exc:
         return Facts(Platform(), None, blocking=exc.problems, invalid_config=True)
-    session.progress = Progress(_reporter(session, inputs.platform), session.options)
+    session.progress = Progress(_reporter(session, inputs), session.options)
     config = inputs.result.config
     session.progress.report(BootState.BOOTING, facts=_static_facts(config))
     facts = Facts(inputs.platform, config, inputs.context.source)
@@ -314,12 +315,14 @@ def _data_dir_refused(root: Root, path: Path) -> str | None:
     return f"it resolves to {inside}: {why}" if why else None
 
 
-def _reporter(session: Session, platform: Platform):
-    """A OneGate reporter from the platform values: there even when the FL config is invalid."""
-    from agent.onegate import Reporter
+def _reporter(session: Session, inputs: Inputs):
+    """A OneGate reporter from the platform values: there even when the FL config is invalid;
+    READY=YES as one-context would send it (REPORT_READY, READY_SCRIPT)."""
+    from agent.onegate import ReadyPolicy, Reporter
 
     total = session.options.onegate_timeout_s
-    return Reporter.from_platform(platform, session.root, total_timeout_s=total)
+    ready = ReadyPolicy.from_variables(inputs.context.variables)
+    return Reporter.from_platform(inputs.platform, session.root, total_timeout_s=total, ready=ready)
 
 
 def _static_facts(config: Config | None) -> dict[str, str]:

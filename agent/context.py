@@ -89,12 +89,14 @@ def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
     """The platform values, each checked: an invalid one is left out and named."""
     problems: list[Problem] = []
     endpoint = variables.get("ONEGATE_ENDPOINT", "").strip() or None
-    if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
+    reason = endpoint_error(endpoint) if endpoint is not None else None
+    if reason is not None:
         problems.append(
             _invalid(
                 "ONEGATE_ENDPOINT",
                 variables["ONEGATE_ENDPOINT"],
                 "http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
+                reason,
             )
         )
         endpoint = None
@@ -122,9 +124,27 @@ def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
     )
 
 
-def _invalid(name: str, raw: str, accepted: str) -> Problem:
+def endpoint_error(url: str) -> str | None:
+    """Why the HTTP stack would refuse `url` as the OneGate endpoint (None: it would not)."""
+    import urllib.parse
+
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        return "not http(s)://host[:port]"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        return str(exc)
+    host = parts.hostname or ""
+    if not host or (":" not in host and not all(0 < len(x) <= 63 for x in host.split("."))):
+        return f"host {host!r} is not a host name or address"
+    return None
+
+
+def _invalid(name: str, raw: str, accepted: str, why: str = "") -> Problem:
     shown = repr(raw if len(raw) <= 40 else raw[:37] + "...")
-    return Problem("invalid_value", name, f"invalid value {shown}", f"accepted: {accepted}")
+    message = f"invalid value {shown}" + (f": {why}" if why else "")
+    return Problem("invalid_value", name, message, f"accepted: {accepted}")
 
 
 def _problem(line: int, message: str, source: str) -> AgentError:

@@ -300,7 +300,7 @@ class _Run:
                 if not _transient_read(exc):
                     self._onegate_failed(exc)
                     return
-                waiting, onegate_down = str(exc.first), True
+                waiting, onegate_down = str(exc.first), not _not_yet_listed(exc)
             if attempt < attempts:
                 self.sleep(interval_s)
         self._give_up(attempts, waiting, onegate_down)
@@ -554,8 +554,15 @@ class _Run:
 
 
 def _transient_read(exc: OneGateError) -> bool:
-    """Reads worth retrying: no answer, a 5xx, or 404 (OneFlow down: `Service N not found`)."""
-    return exc.status is None or exc.status >= 500 or exc.status == 404
+    """Reads worth retrying: no answer, a 5xx, 404 (OneFlow down: `Service N not found`), or
+    this VM not listed in its service yet."""
+    return exc.status is None or exc.status >= 500 or exc.status == 404 or _not_yet_listed(exc)
+
+
+def _not_yet_listed(exc: OneGateError) -> bool:
+    """onegate-server.rb (6.10 to 7.x) answers GET /service with 400 `Service N does not
+    contain VM M.` until OneFlow lists the asking VM among the service's nodes."""
+    return exc.status == 400 and "does not contain VM" in exc.body
 
 
 def _not_found(message: str) -> Problem:

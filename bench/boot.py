@@ -251,7 +251,7 @@ def peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
 
 
 def bench_memory(runs: int) -> dict:
-    from agent.emulator.onegate import OneGateEmulator
+    from emulators.onegate import OneGateEmulator
 
     with OneGateEmulator() as onegate:
         vm = onegate.add_vm(7, ips=("127.0.0.1",))

@@ -7,26 +7,18 @@ RUNNING with READY=YES, with the pauses of a real boot between the reports. Agen
 uniformly over ARRIVAL_S; the emulator (its own process) stops listening for OUTAGE_S
 (connection refused, as when oned's OneGate restarts) and comes back.
 
-What happens to reports queued during the outage is the re-send policy:
-- `product`: what the appliance does today: the next delivery attempt is the periodic
-  re-convergence (fl-agent-revalidate.timer: 20 min after boot, then every 15 min), outside this
-  run; agents whose terminal report was queued are not READY within it.
-- `timer`: a re-send every PERIOD_S at a fixed random phase per VM (a systemd timer with
-  RandomizedDelaySec and FixedRandomDelay=yes running `Reporter.flush`): what the numbers say
-  the appliance needs.
-- `proposal`: `timer`, plus client changes tried here by patching the client in the agent
-  processes only (`_proposal`), not in agent/onegate.py: a backlog, with the new report
-  behind it, goes out as one merged report (`Report.merged`, which the queue already uses
-  beyond its limit) instead of one request per report; and a backoff that outlives one
-  request (the failures of the boot's earlier reports count) with full jitter and a longer
-  cap (a retry waits U(0, d), d = PROPOSED_BASE_S * 2**failures capped at PROPOSED_CAP_S,
-  where today each call restarts at U(d/2, d) from 0.25 s, capped at 4 s), so that during an
-  outage each agent probes at growing random intervals and a report whose budget ends before
-  the next probe is queued without a request.
+Each agent runs as the appliance ships it (agent/onegate): a backlog goes out merged with the
+new report; the backoff outlives one request in a process (full jitter, base 2 s, cap 30 s), so
+a report whose budget ends before the next allowed probe is queued without a request; and
+undelivered reports are re-sent by fl-agent-onegate-resend.timer (`python -m agent.onegate
+flush`, OnBootSec=45s, OnUnitInactiveSec=45s), i.e. every PERIOD_S at the VM's own phase (its
+boot time), in a new process each time, until the queue is empty. Earlier runs of this bench
+compared that design with the client before it: docs/benchmarks.md.
 
-Checks: every report delivered (per VM the FL_STATE sequence BOOTING..RUNNING, in order, none
-missing), all READY within 60 s of recovery, and the peak request rate after recovery at most
-2x the steady rate (steady: the mean rate the server saw from STEADY_FROM_S to the outage;
+Checks: every report delivered (per VM the FL_STATE values the server saw are in order and end
+RUNNING: nothing stale, nothing lost; a backlog goes out merged into one), all READY within
+60 s of recovery, and the peak request rate after recovery at most 2x the steady rate
+(steady: the mean rate the server saw from STEADY_FROM_S to the outage;
 peak: the busiest 1 s in the 60 s after recovery; the busiest 5 s window is reported too).
 """
 
@@ -56,9 +48,7 @@ STATES = [name for name, _ in STEPS] + ["RUNNING"]
 WINDOW_S = 5.0
 STEADY_FROM_S = 10.0  # the first seconds ramp up: not steady
 FIRST_VMID = 1000
-MODES = ["product", "timer", "proposal"]
-PROPOSED_CAP_S = 30.0
-PROPOSED_BASE_S = 2.0
+MODES = ["product"]
 
 
 # --------------------------------------------------------------------------- the server side
@@ -66,7 +56,7 @@ PROPOSED_BASE_S = 2.0
 
 def serve(conn, tokens: dict[int, str]) -> None:
     """The emulator in its own process, driven over a pipe: stop, start, record, templates."""
-    from agent.emulator.onegate import OneGateEmulator
+    from emulators.onegate import OneGateEmulator
 
     emulator = OneGateEmulator()
     for vmid, token in tokens.items():
@@ -110,8 +100,6 @@ def run_worker(args: tuple) -> None:
     from agent import log
 
     log.configure("ERROR")
-    if resend == "proposal":
-        _proposal()
     threads = [
         threading.Thread(target=one_agent, args=(endpoint, a, t0, resend, base, results))
         for a in agents
@@ -125,22 +113,24 @@ def run_worker(args: tuple) -> None:
 def one_agent(endpoint, agent, t0, resend, base, results) -> None:
     from agent.boot import BootOptions, Progress
     from agent.context import Secret
-    from agent.onegate import Reporter, RetryPolicy
+    from agent.onegate import Reporter, new_run
 
     vmid, token, arrival, seed = agent
     rng = random.Random(seed)
     _sleep_until(t0 + arrival)
+
+    def reporter() -> Reporter:
+        return Reporter(
+            endpoint=endpoint,
+            vmid=str(vmid),
+            token=Secret(token),
+            queue_dir=directory / "queue",
+            total_timeout_s=10.0,
+            rng=rng,
+        )
+
     directory = Path(base) / str(vmid)
-    run = Progress(None, BootOptions())
-    run.reporter = Reporter(
-        endpoint=endpoint,
-        vmid=str(vmid),
-        token=Secret(token),
-        queue_dir=directory / "queue",
-        total_timeout_s=10.0,
-        rng=rng,
-        policy=RetryPolicy(base_s=1e6) if resend == "proposal" else None,
-    )
+    run = Progress(reporter(), BootOptions())
     facts = {
         "FL_AGENT_VERSION": "0.1.0",
         "FL_SUPERNODE_IMAGE": "flwr/supernode:1.42.0",
@@ -156,73 +146,15 @@ def one_agent(endpoint, agent, t0, resend, base, results) -> None:
     )
     booted = time.monotonic()
     queued_after_boot = run.reporter.pending()
-    if resend != "product" and queued_after_boot:
-        deadline = t0 + OUTAGE_AT_S + OUTAGE_S + HORIZON_AFTER_RECOVERY_S
-        next_at = booted + rng.uniform(0, PERIOD_S)  # the VM's fixed random phase
-        while run.reporter.pending() and next_at < deadline:
-            _sleep_until(next_at)
-            run.reporter._transport.__dict__.pop("_backoff", None)  # a tick is a new process
-            run.reporter.flush()
-            next_at += PERIOD_S
+    deadline = t0 + OUTAGE_AT_S + OUTAGE_S + HORIZON_AFTER_RECOVERY_S
+    next_at = t0 + arrival + PERIOD_S  # the re-send timer: OnBootSec, then every PERIOD_S
+    while run.reporter.pending() and next_at < deadline:
+        _sleep_until(next_at)
+        new_run(endpoint, str(vmid))  # each tick is a new process
+        run.reporter = reporter()
+        run.reporter.flush()
+        next_at += PERIOD_S
     results.put((vmid, booted, queued_after_boot, run.reporter.pending()))
-
-
-def _proposal() -> None:
-    """The client changes the `proposal` mode measures (in this worker process only)."""
-    import functools
-
-    from agent import onegate
-
-    def deliver_queue(self, deadline: float) -> tuple[int, bool]:
-        files = self._queue.files()
-        if not files:
-            return 0, True
-        reports = [onegate.Report.from_json(path.read_text()) for path in files]
-        if self._deliver(functools.reduce(onegate.Report.merged, reports), deadline) == "retry":
-            return 0, False
-        for path in files:
-            path.unlink()
-        return len(files), True
-
-    one_attempt = onegate._Transport.call  # with NO_RETRY, the original makes one attempt
-
-    def call(self, method: str, path: str, deadline: float, data=None) -> str:
-        """Backoff that outlives one call: the failures of earlier reports count, so during an
-        outage each agent probes at growing, fully jittered intervals."""
-        backoff = self.__dict__.setdefault("_backoff", {"failures": 0, "at": 0.0})
-        while True:
-            wait = backoff["at"] - time.monotonic()
-            if wait > 0:
-                if time.monotonic() + wait >= deadline:
-                    raise onegate.OneGateError(
-                        onegate._problem(None, "backing off", path, self.endpoint)
-                    )
-                self.sleep(wait)
-            try:
-                body = one_attempt(self, method, path, deadline, data)
-            except onegate.OneGateError as exc:
-                if exc.status is not None and exc.status < 500:
-                    raise
-                backoff["failures"] += 1
-                ceiling = min(PROPOSED_CAP_S, PROPOSED_BASE_S * 2 ** backoff["failures"])
-                backoff["at"] = time.monotonic() + self.rng.uniform(0, ceiling)
-                continue
-            backoff["failures"] = 0
-            return body
-
-    def send(self, updates, deletes=(), *, timeout_s=None) -> bool:
-        """Behind a backlog, the new report joins it: one request for all of them."""
-        if not self.enabled or not self.pending():
-            return plain_send(self, updates, deletes, timeout_s=timeout_s)
-        self._queue.append(onegate.Report(dict(updates), tuple(deletes)))
-        deadline = time.monotonic() + (self.total_timeout_s if timeout_s is None else timeout_s)
-        with self._queue.locked(deadline) as held:
-            return held and self._deliver_queue(deadline)[1]
-
-    plain_send = onegate.Reporter.send
-    onegate.Reporter._deliver_queue = deliver_queue
-    onegate.Reporter.send = send
-    onegate._Transport.call = call
 
 
 def _sleep_until(when: float) -> None:
@@ -286,7 +218,6 @@ def analyse(resend, t0, down_at, up_at, record, templates, outcomes) -> dict:
                 delivered.setdefault(vmid, []).append(fields["FL_STATE"])
             if fields.get("READY") == "YES":
                 ready_at.setdefault(vmid, when)
-    complete = sum(1 for states in delivered.values() if _collapse(states) == STATES)
     in_order = sum(1 for states in delivered.values() if _in_order(_collapse(states)))
     ready = sum(
         1 for t in templates.values() if t.get("READY") == "YES" and t.get("FL_STATE") == "RUNNING"
@@ -303,9 +234,9 @@ def analyse(resend, t0, down_at, up_at, record, templates, outcomes) -> dict:
     checks = [
         Check(
             f"[{resend}] every report delivered, in order",
-            f"{complete if resend != 'proposal' else in_order}/{total} VMs",
-            f"{total}/{total}" + (" (a backlog merged into one)" if resend == "proposal" else ""),
-            (complete if resend != "proposal" else in_order) == total,
+            f"{in_order}/{total} VMs",
+            f"{total}/{total} (a backlog merged into one)",
+            in_order == total and not any(o[3] for o in outcomes),
         ),
         Check(
             f"[{resend}] READY=YES held", f"{ready}/{total} VMs", f"{total}/{total}", ready == total
@@ -336,7 +267,9 @@ def analyse(resend, t0, down_at, up_at, record, templates, outcomes) -> dict:
             f"{WINDOW_S:.0f}s": round(peak_window / steady_rate, 2),
         },
         "requests_per_s_after_recovery": seconds,
-        "vms_with_every_state_delivered": complete,
+        "vms_with_every_state_delivered": sum(
+            1 for states in delivered.values() if _collapse(states) == STATES
+        ),
         "queued_after_boot": sum(1 for o in outcomes if o[2]),
         "still_queued_at_end": sum(1 for o in outcomes if o[3]),
         "ready_after_recovery_s": _quantiles(late),

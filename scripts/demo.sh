@@ -67,9 +67,9 @@ step "4/7 OneGate emulator on 127.0.0.1:$ONEGATE_PORT (VM $VMID)"
 token=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
 printf '{"vms": [{"id": %s, "token": "%s", "name": "fl-node-0", "user_template": {}, "ips": ["127.0.0.1"]}], "services": []}\n' \
   "$VMID" "$token" >"$work/onegate.json"
-.venv/bin/python -c 'import agent.emulator.onegate' 2>/dev/null \
-  || die "agent.emulator.onegate is missing from this checkout"
-start onegate "$work/onegate.log" .venv/bin/python -m agent.emulator.onegate \
+.venv/bin/python -c 'import emulators.onegate' 2>/dev/null \
+  || die "emulators.onegate is missing from this checkout"
+start onegate "$work/onegate.log" .venv/bin/python -m emulators.onegate \
   --port "$ONEGATE_PORT" --state "$work/onegate.json"
 wait_port "$ONEGATE_PORT" "$work/onegate.log"
 

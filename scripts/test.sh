@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check agent tests bench
+.venv/bin/ruff check agent emulators tests bench
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

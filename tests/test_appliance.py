@@ -338,7 +338,7 @@ class ApplianceVM:
 
 @pytest.fixture
 def onegate():
-    from agent.emulator.onegate import OneGateEmulator
+    from emulators.onegate import OneGateEmulator
 
     with OneGateEmulator("127.0.0.1", 0) as emulator:
         yield emulator

@@ -13,12 +13,12 @@ from agent.boot import BootOptions, Facts, Progress, Session, apply, boot, plan_
 from agent.config import build_config
 from agent.context import Platform, Secret, render_context
 from agent.discovery import Discovery
-from agent.emulator.onegate import OneGateEmulator
 from agent.errors import Problem
 from agent.outcome import BootState, ExitCode, Mode, Verdict, exit_code
 from agent.paths import Root
 from agent.plan import ActionKind, ImageFacts
 from agent.validation import ValidationReport
+from emulators.onegate import OneGateEmulator
 from tests.fixtures_gpu import (
     gpu_vm,
     h100,

@@ -12,10 +12,10 @@ import pytest
 from agent.config import Config
 from agent.context import Platform, Secret
 from agent.discovery import CA_PATH, discover, write_ca
-from agent.emulator.onegate import OneGateEmulator
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
 from agent.tls import check_ca
+from emulators.onegate import VERSIONS, OneGateEmulator
 
 # Self-signed test CAs (openssl ca -selfsign): valid 2020-2120, and expired in 2001.
 CA = """-----BEGIN CERTIFICATE-----
@@ -47,9 +47,9 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.fixture
-def emulator():
-    with OneGateEmulator() as em:
+@pytest.fixture(params=VERSIONS)
+def emulator(request):
+    with OneGateEmulator(version=request.param) as em:
         em.add_vm(SUPERLINK, ips=("10.0.0.41",))
         for vm_id in (52, ME, 50):
             em.add_vm(vm_id, ips=(f"10.0.1.{vm_id}",))
@@ -336,3 +336,28 @@ def test_configured_address_does_not_wait_on_onegate_for_a_ca(emulator, tmp_path
     found = discover(config, reporter, attempts=30, interval_s=10, sleep=clock)
     assert found.ok and found.ca_pem is None and clock.calls == 0
     assert "system's CAs" in found.notes[-1]
+
+
+def test_a_vm_not_yet_in_its_service_is_waited_for(emulator, tmp_path):
+    """The real server answers /service with 400 `Service 7 does not contain VM 51.` until
+    OneFlow lists the VM: discovery waits for it within its tries."""
+    emulator.set_attributes(SUPERLINK, FL_ENDPOINT="superlink.example:9092")
+    emulator.remove_node(7, "supernode", ME)
+    config, reporter = setup(emulator, tmp_path, tls_enabled=False)
+    found = discover(
+        config, reporter, attempts=5, interval_s=0,
+        sleep=Clock(t2=lambda: emulator.add_node(7, "supernode", ME)),
+    )  # fmt: skip
+    assert found.ok, found.problems
+    assert found.superlink_address == "superlink.example:9092"
+    statuses = [r.status for r in gets(emulator, "/service")]
+    assert statuses[:2] == [400, 400] and statuses[-1] == 200
+
+
+def test_a_vm_never_in_its_service_is_not_found_after_the_tries(emulator, tmp_path):
+    emulator.remove_node(7, "supernode", ME)
+    config, reporter = setup(emulator, tmp_path, tls_enabled=False)
+    found = discover(config, reporter, attempts=3, interval_s=0, sleep=lambda s: None)
+    assert [p.name for p in found.problems] == ["superlink_not_found"]
+    assert "does not contain VM" in found.problems[0].message
+    assert len(gets(emulator, "/service")) == 3

@@ -37,11 +37,7 @@ from agent.paths import Root
 from agent.plan import GpuVerdict, ImageFacts, PlanInputs, make_plan, numeric_non_root
 from agent.terminal import escape_controls
 from agent.toolkit import configure_daemon_json, read_daemon_json
-
-try:  # the emulators are moving out of the package (issue 12)
-    from emulators.onegate import OneGateEmulator
-except ImportError:
-    from agent.emulator.onegate import OneGateEmulator
+from emulators.onegate import OneGateEmulator
 
 AGENT = [sys.executable, "-m", "agent"]
 SUPERLINK, ME, PEER = 41, 51, 52

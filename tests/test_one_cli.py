@@ -11,10 +11,11 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent.cli import main
-from agent.emulator import oned as oned_codes
-from agent.emulator.oned import DEFAULT_HOSTS, Host, OnedEmulator, Pci
 from agent.one.inputs import SUPERNODE_INPUTS
 from agent.one.syntax import parse
+from emulators import oned as oned_codes
+from emulators import oneflow
+from emulators.oned import DEFAULT_HOSTS, Host, OnedEmulator, Pci
 
 PASSWORD = "s3cr3t-pw"
 H200 = "NVIDIA Corporation GH100 [H200 SXM 141GB]"
@@ -25,8 +26,12 @@ def h200(address: str, vmid: int = -1) -> Pci:
                vmid=vmid)  # fmt: skip
 
 
-def start(monkeypatch, tmp_path, hosts=DEFAULT_HOSTS, templates=None) -> OnedEmulator:
-    oned = OnedEmulator(hosts, session=f"oneadmin:{PASSWORD}", templates=templates)
+def start(
+    monkeypatch, tmp_path, hosts=DEFAULT_HOSTS, templates=None, version="7.0.0"
+) -> OnedEmulator:
+    oned = OnedEmulator(hosts, session=f"oneadmin:{PASSWORD}", templates=templates,
+                        version=version)  # fmt: skip
+    monkeypatch.setenv("FL_AGENT_ROOT", str(tmp_path / "root"))  # no front-end files here
     oned.start()
     auth = tmp_path / "one_auth"
     auth.write_text(f"oneadmin:{PASSWORD}\n")
@@ -128,8 +133,10 @@ def test_template_by_address_has_every_passthrough_attribute(oned, capsys):
     assert set(inputs) == {i.name for i in SUPERNODE_INPUTS}
     assert t["INPUTS_ORDER"] == [",".join(i.name for i in SUPERNODE_INPUTS)]
     assert "gpu-node-01" in err
-    assert methods(oned) == ["one.hostpool.info", "one.imagepool.info", "one.vnpool.info"]
-    assert oned.calls[1].args == (-2, -1, -1) and oned.calls[2].args == (-2, -1, -1)
+    assert methods(oned) == [
+        "one.hostpool.info", "one.system.version", "one.imagepool.info", "one.vnpool.info"
+    ]  # fmt: skip
+    assert oned.calls[2].args == (-2, -1, -1) and oned.calls[3].args == (-2, -1, -1)
 
 
 def test_template_image_and_network_by_name_carry_their_owner(oned, capsys):
@@ -255,14 +262,19 @@ def test_service_template_json(capsys):
     assert code == 0
     assert body["ready_status_gate"] is True and body["deployment"] == "straight"
     link, node = body["roles"]
-    assert link == {"name": "superlink", "type": "vm", "template_id": 3, "cardinality": 1,
+    assert link == {"name": "superlink", "vm_template": 3, "cardinality": 1,
                     "min_vms": 1, "max_vms": 1}  # fmt: skip
-    assert (node["name"], node["type"], node["template_id"]) == ("supernode", "vm", 4)
+    assert (node["name"], node["vm_template"]) == ("supernode", 4)
     assert node["parents"] == ["superlink"]
     assert (node["cardinality"], node["min_vms"], node["max_vms"]) == (3, 3, 8)
-    asked = {**body["user_inputs"], **node["user_inputs"]}
+    asked = {**body["custom_attrs"], **node["custom_attrs"]}
     assert asked == {i.name: i.spec() for i in SUPERNODE_INPUTS}
-    assert set(body["user_inputs"]) == {"FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL"}
+    assert set(body["custom_attrs"]) == {"FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL"}
+    for version in ("6.10.0", "7.0.0", "7.0.1"):  # the shape both OneFlow releases accept
+        assert oneflow.validate(body, version) == [], version
+    converted = oneflow.convert(body)["roles"][1]  # what 7.0 makes of it
+    assert (converted["type"], converted["template_id"]) == ("vm", 4)
+    assert converted["user_inputs"] == node["custom_attrs"]
 
 
 def test_service_default_range_is_the_peers(capsys):
@@ -422,3 +434,73 @@ def test_registering_the_one_group_imports_neither_pyone_nor_jinja2():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- OpenNebula versions ---
+
+
+@pytest.mark.parametrize(
+    ("version", "host_ovmf", "flags", "firmware"),
+    [
+        ("7.0.0", None, (), "UEFI"),
+        ("7.0.1", "/x/OVMF_CODE.fd", ("--ovmf", "/y.fd"), "UEFI"),  # 7.0 needs no path
+        ("6.10.0", "/a/AAVMF_CODE.fd /usr/share/OVMF/OVMF_CODE.secboot.fd /u/OVMF_CODE.fd",
+         (), "/u/OVMF_CODE.fd"),
+        ("6.10.0", None, ("--ovmf", "/opt/ovmf.fd"), "/opt/ovmf.fd"),
+        ("6.10.0", None, (), "/usr/share/OVMF/OVMF_CODE.fd"),  # 6.10's default, with a warning
+    ],
+)  # fmt: skip
+def test_template_firmware_is_what_the_version_accepts(
+    monkeypatch, tmp_path, capsys, version, host_ovmf, flags, firmware
+):
+    host = Host(0, "gpu-6", (h200("41:00.0"),), ovmf_uefis=host_ovmf)
+    oned = start(monkeypatch, tmp_path, hosts=(host,), version=version)
+    try:
+        code, out, err = run(capsys, "template", "--gpu-address", "41:00.0", *flags)
+    finally:
+        oned.stop()
+    assert code == 0, err
+    assert attributes(out)["OS"][0]["FIRMWARE"] == firmware
+    assert ("OVMF_UEFIS" in err) is (version == "6.10.0" and not host_ovmf and not flags)
+
+
+def test_template_on_6_10_reads_the_front_ends_kvm_conf(monkeypatch, tmp_path, capsys):
+    oned = start(monkeypatch, tmp_path, hosts=(Host(0, "gpu-6", (h200("41:00.0"),)),),
+                 version="6.10.0")  # fmt: skip
+    conf = tmp_path / "root/etc/one/vmm_exec/vmm_exec_kvm.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        '# comment\nOVMF_UEFIS = "/srv/OVMF_CODE_4M.fd /usr/share/AAVMF/AAVMF_CODE.fd"\n'
+    )
+    try:
+        code, out, err = run(capsys, "template", "--gpu-address", "41:00.0", "--json")
+    finally:
+        oned.stop()
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["firmware"] == {
+        "value": "/srv/OVMF_CODE_4M.fd",
+        "source": f"OVMF_UEFIS of {conf}",
+    }
+
+
+def test_vgpu_functions_are_listed_apart_and_never_free_gpus(monkeypatch, tmp_path, capsys):
+    vf = [
+        Pci(f"41:00.{n}", "10de", "2335", "0302", "NVIDIA Corporation", H200, "3D controller",
+            uuid=f"0b6c-{n}", profiles="nvidia-1043,nvidia-1044", mdev_mode="nvidia")
+        for n in (4, 5)
+    ]  # fmt: skip
+    oned = start(monkeypatch, tmp_path, hosts=(Host(0, "vgpu-host", tuple(vf)),))
+    try:
+        code, out, _ = run(capsys, "hosts")
+        assert code == 0
+        assert "vGPU virtual functions" in out and "nvidia-1043,nvidia-1044" in out
+        assert "10de:2335  0 of" not in out and "  none" in out  # no passthrough GPU counted
+        _, out, _ = run(capsys, "hosts", "--json")
+        data = json.loads(out)
+        assert data["models"] == [] and data["devices"] == []
+        assert [d["short_address"] for d in data["vgpu_functions"]] == ["41:00.4", "41:00.5"]
+        code, _, err = run(capsys, "template", "--gpu-address", "41:00.4")
+        assert code == 2 and "not an NVIDIA GPU" in err
+    finally:
+        oned.stop()

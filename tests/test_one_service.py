@@ -60,7 +60,7 @@ def test_supernodes_wait_for_the_superlink_and_its_readiness():
         lambda b: b["roles"][1].update(name="superlink"),
         lambda b: b["roles"][1].update(parents=["gateway"]),
         lambda b: b["roles"][1].update(cardinality=20),
-        lambda b: b["roles"][0].update(template_id="3"),
+        lambda b: b["roles"][0].update(vm_template="3"),
         lambda b: b.update(name=" "),
     ],
 )
@@ -78,3 +78,14 @@ def test_document_xml_keeps_the_json_intact_inside_cdata():
     stored = json.loads(root.findtext("BODY"))
     assert stored.pop("registration_time") > 0
     assert stored == body
+
+
+def test_seven_zeros_own_shape_is_what_six_ten_refuses():
+    """Why the body uses 6.10's shape: 6.10 rejects 7.0's at instantiation, 7.0 converts 6.10's."""
+    from emulators import oneflow
+
+    body = service.build(10, 11)
+    seven = oneflow.convert(body)
+    assert oneflow.validate(seven, "7.0.0") == []
+    assert "roles[0]: vm_template is required" in oneflow.validate(seven, "6.10.0")
+    assert oneflow.validate(body, "6.10.0") == oneflow.validate(body, "7.0.0") == []

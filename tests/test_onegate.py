@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
 import itertools
 import json
 import random
 import stat
+import subprocess
 import time
 
 import pytest
 
 from agent import log
-from agent.context import Platform, Secret
-from agent.emulator.onegate import OneGateEmulator
+from agent.context import Platform, Secret, read_platform
 from agent.errors import AgentError
 from agent.onegate import (
     ATTRIBUTES,
-    QUEUE_LIMIT,
     STATES,
     Report,
     Reporter,
     RetryPolicy,
     error_value,
     is_plain,
+    new_run,
     queue_dir,
     remote_status,
     state_report,
 )
 from agent.paths import Root
+from emulators.onegate import VERSIONS, OneGateEmulator
 
 FAST = RetryPolicy(base_s=0.02, cap_s=0.2, connect_timeout_s=0.5, read_timeout_s=0.5)
 VMID = 42
 TOKEN = "secret-token-42"
 
 
-@pytest.fixture
-def emulator():
-    with OneGateEmulator() as em:
+@pytest.fixture(params=VERSIONS)
+def emulator(request):
+    with OneGateEmulator(version=request.param) as em:
         em.add_vm(41, token="tok-41", ips=("10.0.0.41",))
         em.add_vm(VMID, token=TOKEN, ips=("10.0.0.42",))
         em.add_service(7, "flower", {"superlink": [41], "supernode": [VMID]})
@@ -208,7 +211,7 @@ def test_ready_only_last_never_on_failure_and_error_cleared_on_recovery(emulator
     assert template["FL_STATE"] == "FAILED" and template["FL_ERROR"].startswith("toolkit_missing")
     assert "READY" not in template and "FL_NODE_READY" not in template
     kinds = [(r.params["type"], r.params["data"].split("=")[0]) for r in emulator.requests]
-    assert kinds[:3] == [("2", "FL_NODE_READY"), ("2", "READY"), ("1", "FL_STATE")]
+    assert kinds[:3] == [("2", "READY"), ("2", "FL_NODE_READY"), ("1", "FL_STATE")]
     # recovery: RUNNING again, the stale FL_ERROR is removed
     assert reporter.send(*state_report("RUNNING", ready=True))
     template = emulator.user_template(VMID)
@@ -235,13 +238,12 @@ def test_backoff_with_jitter_between_retries(emulator, root):
     assert [r.status for r in emulator.requests] == [503, 503, 503, 503, 200]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     rng = random.Random(7)
-    expected = [policy.delay(n, rng) for n in range(4)]
+    expected = [policy.delay(n, rng) for n in range(1, 5)]
     for gap, want in zip(gaps, expected, strict=True):
         assert want <= gap < want + 0.15
-    for n, want in enumerate(expected):  # within [d/2, d] of d = base * 2**n: jittered
-        assert 0.04 * 2**n <= want <= 0.08 * 2**n
-    assert len({round(w / 2**n, 4) for n, w in enumerate(expected)}) > 1
-    assert gaps[3] > gaps[0]
+    for n, want in enumerate(expected, 1):  # full jitter: anywhere in [0, d], d = base * 2**n
+        assert 0 <= want <= 0.08 * 2**n
+    assert len({round(w / 2**n, 4) for n, w in enumerate(expected, 1)}) > 1
 
 
 @pytest.mark.parametrize(
@@ -254,7 +256,7 @@ def test_backoff_with_jitter_between_retries(emulator, root):
         ),
     ],
 )
-def test_401_and_403_are_not_retried_and_kept_for_later(emulator, root, faults, problem):
+def test_401_and_403_end_the_run_and_are_kept_for_the_next(emulator, root, faults, problem):
     reporter = reporter_for(emulator, root)
     emulator.set_faults(**faults)
     assert reporter.send(*state_report("BOOTING")) is False
@@ -262,8 +264,16 @@ def test_401_and_403_are_not_retried_and_kept_for_later(emulator, root, faults, 
     assert reporter.last_problem.name == problem
     assert reporter.pending() == 1
     emulator.clear_faults()
-    assert reporter.flush() == 1
-    assert emulator.user_template(VMID)["FL_STATE"] == "BOOTING"
+    # the rest of this run asks nothing: every report and read would get the same answer
+    assert reporter.send(*state_report("CONFIGURING")) is False
+    assert reporter.flush() == 0
+    with pytest.raises(AgentError):
+        reporter_for(emulator, root).get_service()
+    assert len(emulator.requests) == 1
+    assert reporter.pending() == 1  # one merged report
+    new_run()  # the next run (the re-send timer, the next boot) delivers it
+    assert reporter_for(emulator, root).flush() == 1
+    assert emulator.user_template(VMID)["FL_STATE"] == "CONFIGURING"
 
 
 def test_host_not_permitted_reads_as_server_configuration(emulator, root):
@@ -321,47 +331,65 @@ def test_down_at_boot_then_up_delivers_everything_in_order(emulator, root):
     emulator.start()
     emulator.set_faults(drop=True)  # answering, but dropping connections
     assert reporter.send(*state_report("CONFIGURING", facts={"FL_GPU_MODE": "GPU"})) is False
-    assert reporter.pending() == 2
+    assert reporter.pending() == 1  # the backlog and the new report, merged
     files = sorted(queue_dir(root).glob("*.json"))
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     assert all(TOKEN not in f.read_text() for f in files)
     emulator.clear_faults()
     emulator.clear_requests()
     assert reporter.send(*state_report("RUNNING", ready=True))
-    states = [r.data_lines[0] for r in puts(emulator)]
-    assert states == ["FL_STATE=BOOTING", "FL_STATE=CONFIGURING", "FL_STATE=RUNNING"]
+    (update,) = puts(emulator)  # one request: the newest state, with every fact kept
+    assert update.data_lines[0] == "FL_STATE=RUNNING" and "FL_GPU_MODE=GPU" in update.data_lines
+    assert update.data_lines[-2:] == ["FL_NODE_READY=YES", "READY=YES"]
     assert reporter.pending() == 0
     template = emulator.user_template(VMID)
     assert template["FL_STATE"] == "RUNNING" and template["READY"] == "YES"
     assert template["FL_GPU_MODE"] == "GPU"
 
 
-def test_flush_delivers_the_queue_in_order(emulator, root):
+def test_flush_delivers_the_queue_as_one_report(emulator, root):
     emulator.stop()
     reporter = reporter_for(emulator, root, timeout=0.2)
     for state in ("BOOTING", "CONFIGURING", "FAILED"):
         reporter.send(*state_report(state))
     assert reporter.flush() == 0
     emulator.start()
+    new_run()
     later = reporter_for(emulator, root)  # another process: the queue is on disk
-    assert later.flush() == 3
-    assert [r.data_lines[0] for r in puts(emulator)] == [
-        "FL_STATE=BOOTING",
-        "FL_STATE=CONFIGURING",
-        "FL_STATE=FAILED",
-    ]
+    assert later.flush() == 1
+    assert [r.data_lines[0] for r in puts(emulator)] == ["FL_STATE=FAILED"]
     assert later.flush() == 0
 
 
-def test_queue_merges_the_oldest_beyond_its_limit(emulator, root):
+def test_ready_is_a_state_not_a_queued_event(emulator, root):
+    """READY=YES queued while OneGate is down, then FAILED: READY=YES never goes out."""
     emulator.stop()
-    reporter = reporter_for(emulator, root, timeout=0.01)
-    for n in range(QUEUE_LIMIT + 3):
-        reporter.send({"FL_GPU_COUNT": str(n)}, ["FL_ERROR"] if n == 0 else ())
-    assert reporter.pending() == QUEUE_LIMIT
+    reporter = reporter_for(emulator, root, timeout=0.2)
+    reporter.send(*state_report("RUNNING", ready=True))
+    reporter.send(*state_report("FAILED", error=("engine_gone", "docker stopped")))
     emulator.start()
-    assert reporter_for(emulator, root, timeout=10).flush() == QUEUE_LIMIT
-    assert emulator.user_template(VMID)["FL_GPU_COUNT"] == str(QUEUE_LIMIT + 2)
+    new_run()
+    assert reporter_for(emulator, root).flush() == 1
+    assert not any("READY=YES" in r.params.get("data", "") for r in emulator.requests)
+    template = emulator.user_template(VMID)
+    assert template["FL_STATE"] == "FAILED" and "READY" not in template
+
+
+def test_reports_queued_by_other_processes_join_the_backlog(emulator, root):
+    emulator.stop()
+    reporter = reporter_for(emulator, root, timeout=0.1)
+    for n in range(5):
+        reporter.send({"FL_GPU_COUNT": str(n)}, ["FL_ERROR"] if n == 0 else ())
+    from agent.onegate.outbox import Outbox
+    from agent.onegate.wire import Report as R
+
+    Outbox(queue_dir(root)).append(R({"FL_GPU_COUNT": "9"}, ()))  # the lock was busy
+    assert reporter.pending() == 2
+    emulator.start()
+    new_run()
+    assert reporter_for(emulator, root, timeout=10).flush() == 2
+    assert [r.params["data"] for r in puts(emulator)] == ["FL_GPU_COUNT=9"]
+    assert reporter.pending() == 0
 
 
 def test_report_merge_keeps_the_newest_word():
@@ -428,3 +456,262 @@ def test_unwritable_state_directory_does_not_stop_reporting(emulator, tmp_path):
     emulator.stop()
     assert reporter.send(*state_report("FAILED", error=("x", "y"))) is False
     assert reporter.pending() == 0
+
+
+# --------------------------------------------------------------------------- server versions
+
+
+def test_absent_deletes_never_delay_ready_on_any_version(emulator, root):
+    """7.0.1+ answer a delete of an absent attribute 'Internal server error': with what the VM
+    holds unknown (GET /vm off) or stale, READY=YES still goes out at once."""
+    emulator.deny("vm", "show")  # no GET /vm: every candidate is deleted blind
+    reporter = reporter_for(emulator, root, timeout=2.0)
+    started = time.monotonic()
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert time.monotonic() - started < 1.0
+    deletes = puts(emulator, "2")
+    assert deletes and all(r.status == 500 for r in deletes)
+    assert emulator.user_template(VMID)["READY"] == "YES"
+    assert reporter.pending() == 0
+
+
+def test_stale_knowledge_of_the_template_costs_one_read(emulator, root):
+    reporter = reporter_for(emulator, root)
+    reporter._present_known, reporter._present = True, {"FL_ERROR"}  # it is not there
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    (delete,) = puts(emulator, "2")
+    assert delete.status == 500
+    reads = [r for r in emulator.requests if r.method == "GET" and r.path == "/vm"]
+    assert len(reads) == (1 if emulator.version >= "7.0.1" else 0)  # only where ambiguous
+
+
+def test_a_failed_delete_of_a_present_attribute_is_retried(emulator, root):
+    emulator.set_attributes(VMID, FL_ERROR="old: error")
+    reporter = reporter_for(emulator, root, timeout=3.0)
+    reporter._present_known, reporter._present = True, {"FL_ERROR"}
+    emulator.set_faults(fail_next=1, fail_status=500, fail_body="attribute update failed")
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert [r.status for r in puts(emulator, "2")] == [500, 200]
+    assert "FL_ERROR" not in emulator.user_template(VMID)
+
+
+def test_ready_is_deleted_first_and_set_last(emulator, root):
+    emulator.set_attributes(VMID, READY="YES", FL_NODE_READY="YES", FL_ERROR="x")
+    reporter = reporter_for(emulator, root)
+    reporter.send(*state_report("FAILED", error=("engine_gone", "docker stopped")))
+    first = emulator.requests[1]  # after GET /vm
+    assert (first.params["type"], first.params["data"]) == ("2", "READY")
+    emulator.clear_requests()
+    reporter.send(*state_report("RUNNING", facts={"FL_GPU_MODE": "CPU"}, ready=True))
+    assert puts(emulator)[-1].data_lines[-1] == "READY=YES"
+
+
+def test_a_permission_off_ends_its_route_only(emulator, root):
+    emulator.deny("vm", "update")
+    reporter = reporter_for(emulator, root)
+    assert reporter.send(*state_report("BOOTING")) is False
+    assert reporter.last_problem.name == "onegate_forbidden"
+    count = len(emulator.requests)
+    assert reporter.send(*state_report("CONFIGURING")) is False
+    assert len(emulator.requests) == count  # PUT /vm asks no more in this run
+    assert reporter.get_service()["SERVICE"]["name"] == "flower"  # reads still work
+
+
+def test_the_backoff_is_shared_by_the_process(emulator, root):
+    emulator.stop()
+    policy = RetryPolicy(base_s=5.0, cap_s=30.0, connect_timeout_s=0.2, read_timeout_s=0.2)
+    first = reporter_for(emulator, root, timeout=0.3, policy=policy, seed=2)
+    assert first.send(*state_report("BOOTING")) is False
+    emulator.start()
+    second = reporter_for(emulator, root, timeout=0.3, policy=policy, seed=2)
+    assert second.send(*state_report("CONFIGURING")) is False  # still backing off: no request
+    assert emulator.requests == []
+    assert second.last_problem.name == "onegate_unreachable"
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_redirects_are_not_followed_and_carry_no_token(root, tmp_path):
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            if self.server is redirector:
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_port}/vm")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"VM": {"USER_TEMPLATE": {}}}')
+
+        do_PUT = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    redirector = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    other = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    for server in (redirector, other):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reporter = Reporter(
+            endpoint=f"http://127.0.0.1:{redirector.server_port}",
+            vmid="7",
+            token=Secret(TOKEN),
+            queue_dir=queue_dir(root),
+            policy=FAST,
+        )
+        with pytest.raises(AgentError) as info:
+            reporter.get_vm()
+        assert info.value.first.name == "onegate_redirected"
+        assert reporter.send(*state_report("BOOTING")) is False
+    finally:
+        for server in (redirector, other):
+            server.shutdown()
+            server.server_close()
+    assert len(seen) == 1 and seen[0]["X-ONEGATE-TOKEN"] == TOKEN  # the redirector only
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "{garbage", '{"updates": {"A": 1}}', "\xff"])
+def test_a_queue_file_that_is_no_report_is_set_aside(emulator, root, content):
+    out = io.StringIO()
+    log.configure("INFO", stream=out)
+    directory = queue_dir(root)
+    directory.mkdir(parents=True)
+    (directory / "000000000001-0000001.json").write_text(content, errors="surrogateescape")
+    reporter = reporter_for(emulator, root)
+    assert reporter.send(*state_report("BOOTING"))
+    assert reporter.pending() == 0
+    assert (directory / "000000000001-0000001.json.bad").exists()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (aside,) = [e for e in events if e["event"] == "onegate_queue_file_set_aside"]
+    assert aside["file"].endswith("000000000001-0000001.json")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("service", "not json"),
+        ("service", "[]"),
+        ("service", '{"SERVICE": []}'),
+        ("service", '{"SERVICE": {"roles": {"a": 1}}}'),
+        ("service", '{"SERVICE": {"roles": [{"nodes": [1]}]}}'),
+        ("service", '{"SERVICE": {"roles": [{"cardinality": "x", "nodes": []}]}}'),
+        ("vm", '{"VM": {"TEMPLATE": []}}'),
+        ("vm", "null"),
+    ],
+)
+def test_malformed_answers_are_named_errors(emulator, root, path, body):
+    reporter = reporter_for(emulator, root)
+    emulator.set_faults(fail_next=1, fail_status=200, fail_body=body)
+    with pytest.raises(AgentError) as info:
+        reporter.get_service() if path == "service" else reporter.get_vm_by_id(41)
+    assert info.value.first.name == "onegate_bad_answer"
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://h:abc", "http://a..b", "http://h:99999", "http://[::1:5030"]
+)
+def test_endpoints_the_http_stack_refuses_are_named_errors(root, endpoint):
+    platform = read_platform({"ONEGATE_ENDPOINT": endpoint, "VMID": "3"}, Secret(TOKEN))
+    assert [p.name for p in platform.problems] == ["invalid_value"]
+    assert platform.onegate_endpoint is None
+    reporter = Reporter(endpoint=endpoint, vmid="3", token=Secret(TOKEN), queue_dir=queue_dir(root))
+    assert reporter.enabled is False
+    assert reporter.last_problem.name == "onegate_endpoint_invalid"
+    assert reporter.send(*state_report("BOOTING")) is False
+    with pytest.raises(AgentError) as info:
+        reporter.get_vm()
+    assert info.value.first.name == "onegate_endpoint_invalid"
+
+
+# --------------------------------------------------------------------------- READY as one-context
+
+
+def ready_reporter(em, root, variables: dict[str, str]) -> Reporter:
+    from agent.onegate import ReadyPolicy
+
+    policy = ReadyPolicy.from_variables(variables)
+    return Reporter.from_platform(
+        platform_for(em), root, total_timeout_s=2.0, ready=dataclasses.replace(policy, wait_s=0.0)
+    )
+
+
+def test_report_ready_no_never_touches_ready(emulator, root):
+    emulator.set_attributes(VMID, READY="YES")  # someone else's READY
+    reporter = ready_reporter(emulator, root, {"REPORT_READY": "NO"})
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    assert reporter.send(*state_report("FAILED", error=("x", "y")))
+    assert not any("READY" in r.params.get("data", "") for r in emulator.requests)
+    assert emulator.user_template(VMID)["READY"] == "YES"
+
+
+@pytest.mark.parametrize(
+    ("variables", "ready"),
+    [
+        ({"READY_SCRIPT": "exit 0"}, True),
+        ({"READY_SCRIPT": "test -e /nonexistent"}, False),
+        ({"READY_SCRIPT": base64.b64encode(b"true").decode()}, True),  # base64, as net-99
+        ({"READY_SCRIPT": base64.b64encode(b"exit 3").decode()}, False),
+        ({"READY_SCRIPT_PATH": "/opt/ready.sh"}, True),
+        ({"READY_SCRIPT_PATH": "/opt/missing.sh", "READY_SCRIPT": "exit 0"}, False),
+    ],
+)
+def test_ready_script_gates_ready(emulator, root, variables, ready):
+    script = root.path("/opt/ready.sh")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text('#!/bin/sh\ntest "$REPORT_READY" = YES\n')
+    script.chmod(0o755)
+    reporter = ready_reporter(emulator, root, {"REPORT_READY": "YES", **variables})
+    assert reporter.send(*state_report("RUNNING", ready=True))
+    template = emulator.user_template(VMID)
+    assert (template.get("READY") == "YES") is ready
+    assert ("FL_NODE_READY" in template) is ready
+    if not ready:
+        assert reporter.ready_problem.name in ("ready_script_failed", "ready_script_missing")
+
+
+def test_ready_script_runs_three_times_ten_seconds_apart():
+    from agent.onegate import ReadyPolicy
+
+    calls, sleeps = [], []
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0 if len(calls) == 3 else 1)
+
+    policy = ReadyPolicy.from_variables({"READY_SCRIPT": "check"})
+    assert policy.check(Root(), run=run, sleep=sleeps.append) is None
+    assert len(calls) == 3 and sleeps == [10.0, 10.0]
+    assert calls[0][:2] == ["/bin/bash", "-c"]
+
+
+# --------------------------------------------------------------------------- the re-send timer
+
+
+def test_resend_command_flushes_the_queue_and_says_whether_one_waits(emulator, root, tmp_path):
+    from agent.context import render_context
+    from agent.onegate.__main__ import main
+
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    (cd / "token.txt").write_text(TOKEN + "\n")
+    variables = {"ONEGATE_ENDPOINT": emulator.endpoint, "VMID": str(VMID), "FL_GPU_ENABLED": "?"}
+    (cd / "context.sh").write_text(render_context(variables))  # FL_* invalid: still reports
+    argv = ["flush", "--root", str(root.prefix), "--context-file", str(cd / "context.sh")]
+    assert main(argv) == 0 and emulator.requests == []  # nothing queued: nothing asked
+    emulator.stop()
+    reporter_for(emulator, root, timeout=0.2).send(*state_report("RUNNING", ready=True))
+    new_run()
+    assert main([*argv, "--timeout", "0.5"]) == 3  # still down: it waits for the next tick
+    emulator.start()
+    new_run()
+    assert main(argv) == 0
+    assert emulator.user_template(VMID)["READY"] == "YES"
+    assert reporter_for(emulator, root).pending() == 0

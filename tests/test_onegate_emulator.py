@@ -11,12 +11,13 @@ import time
 import pytest
 import requests
 
-from agent.emulator.onegate import OneGateEmulator, TemplateError, escape_attr, parse_template
+from emulators.onegate import VERSIONS, OneGateEmulator, escape_attr
+from emulators.template import TemplateError, parse_template
 
 
-@pytest.fixture
-def emulator():
-    with OneGateEmulator() as em:
+@pytest.fixture(params=VERSIONS)
+def emulator(request):
+    with OneGateEmulator(version=request.param) as em:
         em.add_vm(41, token="tok-41", ips=("10.0.0.41",))
         em.add_vm(42, token="tok-42", ips=("10.0.0.42",))
         em.add_vm(99, token="tok-99")
@@ -31,6 +32,11 @@ def call(em, method, path, vm=42, token=None, **kwargs):
 
 def put(em, data, kind="1", vm=42):
     return call(em, "PUT", "/vm", vm=vm, data={"data": data, "type": kind})
+
+
+def body_500(em, text: str) -> str:
+    """A halted 500's body: its own text up to 7.0.0, rewritten by 7.0.1's `error 500` block."""
+    return text if em.version < "7.0.1" else "Internal server error"
 
 
 # The port results table of reference/opennebula.md 3.4.
@@ -72,7 +78,8 @@ def test_template_parser_reads_quoted_values_and_vectors():
 def test_values_that_break_escape_attr_get_a_500_parse_error(emulator, data):
     resp = put(emulator, data)
     assert resp.status_code == 500
-    assert "Parse error" in resp.text
+    assert ("Parse error" in resp.text) is (emulator.version < "7.0.1")
+    assert resp.text == body_500(emulator, resp.text)
     assert resp.headers["Content-Type"] == "application/json;charset=utf-8"
     assert "K" not in emulator.user_template(42) and "LIST" not in emulator.user_template(42)
 
@@ -84,7 +91,28 @@ def test_form_update_merges_and_delete_removes(emulator):
     assert emulator.user_template(42)["B"] == "two words"
     assert put(emulator, "A", kind="2").status_code == 200
     resp = put(emulator, "A", kind="2")
-    assert (resp.status_code, resp.text) == (500, "attribute not found")
+    assert (resp.status_code, resp.text) == (500, body_500(emulator, "attribute not found"))
+
+
+def test_permission_is_checked_before_the_token(emulator):
+    emulator.deny("vm", "update")
+    resp = call(emulator, "PUT", "/vm", token="wrong", data={"data": "A=1", "type": "1"})
+    assert (resp.status_code, resp.text) == (403, "Action (update) on resource (vm) not supported")
+    assert call(emulator, "GET", "/vm", token="wrong").status_code == 401
+    assert call(emulator, "GET", "/vm").status_code == 200
+
+
+def test_unknown_routes_need_no_token(emulator):
+    resp = call(emulator, "POST", "/nothing", token="wrong")
+    assert (resp.status_code, resp.text) == (400, "OneGate server doesn't support this feature")
+
+
+def test_service_answers_400_until_the_vm_is_a_node(emulator):
+    emulator.remove_node(7, "supernode", 42)
+    resp = call(emulator, "GET", "/service")
+    assert (resp.status_code, resp.text) == (400, "Service 7 does not contain VM 42.")
+    emulator.add_node(7, "supernode", 42)
+    assert call(emulator, "GET", "/service").status_code == 200
 
 
 def test_raw_body_is_used_without_a_data_parameter(emulator):
@@ -202,7 +230,7 @@ def test_command_line_server_with_a_state_file(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.emulator.onegate", "--port", str(port), "--state", state],
+        [sys.executable, "-m", "emulators.onegate", "--port", str(port), "--state", state],
         stdout=subprocess.PIPE,
         text=True,
     )

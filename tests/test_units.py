@@ -67,14 +67,15 @@ def unit_root(tmp_path_factory) -> Path:
         (root / name).symlink_to(f"usr/{name}")
     (root / "usr/bin").mkdir(exist_ok=True)
     shutil.copy2("/bin/true", root / "usr/bin/true")
-    agent = root / "opt/fl-agent/venv/bin/fl-agent"
-    agent.parent.mkdir(parents=True)
-    agent.write_text("#!/bin/sh\n")
-    agent.chmod(0o755)
     nft = root / "usr/sbin/nft"
     nft.parent.mkdir(parents=True, exist_ok=True)
     nft.write_text("#!/bin/sh\n")
     nft.chmod(0o755)
+    for name in ("fl-agent", "python"):
+        agent = root / "opt/fl-agent/venv/bin" / name
+        agent.parent.mkdir(parents=True, exist_ok=True)
+        agent.write_text("#!/bin/sh\n")
+        agent.chmod(0o755)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     for unit in UNITS.iterdir():
@@ -92,6 +93,7 @@ def unit_root(tmp_path_factory) -> Path:
             "fl-agent.service",
             "fl-agent-revalidate.timer",
             "fl-agent-firewall.service",
+            "fl-agent-onegate-resend.timer",
         ],
         check=True,
         capture_output=True,
@@ -111,6 +113,8 @@ def test_units_verify_clean_with_one_context_enabled(unit_root):
             "fl-agent-revalidate.service",
             "fl-agent-revalidate.timer",
             "fl-agent-firewall.service",
+            "fl-agent-onegate-resend.service",
+            "fl-agent-onegate-resend.timer",
         ],
         capture_output=True,
         text=True,
@@ -177,6 +181,21 @@ def test_revalidate_runs_the_idempotent_boot_after_the_boot_unit():
     assert "3" in words(service, "SuccessExitStatus") and service["TimeoutStartSec"]
     assert timer["OnUnitActiveSec"] and timer["OnBootSec"]
     assert timer["WantedBy"] == ["timers.target"]
+
+
+def test_resend_timer_flushes_the_queue_every_45_s_while_it_holds_a_report():
+    from agent.onegate import queue_dir
+    from agent.paths import Root
+
+    service = unit_settings(UNITS / "fl-agent-onegate-resend.service")
+    timer = unit_settings(UNITS / "fl-agent-onegate-resend.timer")
+    assert service["ExecStart"] == ["/opt/fl-agent/venv/bin/python -m agent.onegate flush"]
+    assert service["ConditionPathExistsGlob"] == [f"{queue_dir(Root())}/*.json"]
+    assert "3" in words(service, "SuccessExitStatus") and service["TimeoutStartSec"]
+    # the phase is the VM's boot time: no random delay that would change from tick to tick
+    assert timer["OnBootSec"] == ["45s"] and timer["OnUnitInactiveSec"] == ["45s"]
+    assert "RandomizedDelaySec" not in timer and timer["WantedBy"] == ["timers.target"]
+    assert "fl-agent-onegate-resend.timer" in (REPO / "packer/scripts/40-agent.sh").read_text()
 
 
 def test_watch_unit_verifies_clean_enabled(unit_root, tmp_path):
@@ -270,7 +289,7 @@ def test_hook_leaves_boot_to_the_unit_and_other_stages_alone(fake_systemctl):
 def test_hook_reruns_the_unit_on_reconfigure_after_a_boot_in_progress(fake_systemctl):
     rc, calls = fake_systemctl("network", "reconfigure", states_queue=("activating", "active"))
     assert rc == 0
-    assert calls[-1] == "restart fl-agent.service"
+    assert calls[-1] == "--no-block restart fl-agent.service"  # one-contextd is not held
     assert [c for c in calls if c.startswith("show")] == [
         "show --property=ActiveState --value fl-agent.service"
     ] * 2

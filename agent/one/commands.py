@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="fl-supernode-gpu")
     p.add_argument("--image", metavar="ID_OR_NAME", help="the appliance image for the disk")
     p.add_argument("--network", metavar="ID_OR_NAME", help="virtual network for the NIC")
+    p.add_argument(
+        "--ovmf", metavar="PATH", help="OpenNebula 6.10: the OVMF_UEFIS path for FIRMWARE"
+    )
     p.add_argument("--register", action="store_true", help="allocate it in OpenNebula")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_template)
@@ -85,19 +88,34 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         pool = client.call("hostpool.info")
     except AgentError as exc:
         return _fail(exc)
-    devs = [d for d in inventory.devices(pool) if d.is_nvidia]
+    everything = [d for d in inventory.devices(pool) if d.is_nvidia]
+    devs = [d for d in everything if not d.is_vgpu]
+    vgpus = [d for d in everything if d.is_vgpu]
     models = inventory.gpu_models(devs)
     if args.json:
         data = {
             "endpoint": client.conn.shown_endpoint,
             "hosts": inventory.host_states(pool),
             "devices": [d.to_dict() for d in devs],
+            "vgpu_functions": [d.to_dict() for d in vgpus],
             "models": [m.to_dict() for m in models],
         }
         _write(json.dumps(data, indent=2) + "\n")
     else:
-        _write(_hosts_text(devs, models, inventory.host_states(pool)))
+        _write(_hosts_text(devs, models, inventory.host_states(pool)) + _vgpu_text(vgpus))
     return ExitCode.OK
+
+
+def _vgpu_text(vgpus: list) -> str:
+    """vGPU virtual functions, apart: slots for vGPU profiles, not passthrough GPUs."""
+    if not vgpus:
+        return ""
+    lines = ["", "NVIDIA vGPU virtual functions (not passthrough GPUs, never counted free):"]
+    for d in vgpus:
+        state = "free" if d.free else f"VM {d.vmid}"
+        profiles = d.profiles or "none listed"
+        lines.append(f"  {d.host}  {d.short_address}  {state}  profiles: {profiles}")
+    return "\n".join(lines) + "\n"
 
 
 def _hosts_text(devs: list, models: list, states: dict[str, str]) -> str:
@@ -138,18 +156,26 @@ def cmd_template(args: argparse.Namespace) -> int:
     try:
         vmtemplate.check_request(req)
         client = _client(args)
-        devs = inventory.devices(client.call("hostpool.info"))
+        pool = client.call("hostpool.info")
+        devs = inventory.devices(pool)
         selection = vmtemplate.select_gpus(req, devs)
+        firmware = _firmware(client, pool, selection.hosts, args.ovmf)
         disk = vmtemplate.disk_for(req.image, client.call(*IMAGE_POOL)) if req.image else None
         nic = vmtemplate.nic_for(req.network, client.call(*VNET_POOL)) if req.network else None
-        text = vmtemplate.render(req, selection, disk, nic)
+        text = vmtemplate.render(req, selection, disk, nic, firmware=firmware.value)
         template_id = client.call("template.allocate", text) if args.register else None
     except AgentError as exc:
         return _fail(exc)
-    for warning in selection.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+    for warning in (*selection.warnings, firmware.warning):
+        if warning:
+            sys.stderr.write(f"warning: {warning}\n")
     if args.json:
-        data = {"template": text, "id": template_id, **selection.to_dict()}
+        data = {
+            "template": text,
+            "id": template_id,
+            "firmware": {"value": firmware.value, "source": firmware.source},
+            **selection.to_dict(),
+        }
         _write(json.dumps(data, indent=2) + "\n")
     elif args.register:
         _write(f"ID: {template_id}\n")
@@ -186,6 +212,32 @@ def cmd_service(args: argparse.Namespace) -> int:
         else f"ID: {doc_id}\n"
     )
     return ExitCode.OK
+
+
+def _firmware(client: OneClient, pool: object, hosts: tuple[str, ...], ovmf: str | None):
+    """OS/FIRMWARE for the front-end's version: UEFI on 7.0+; on 6.10 an OVMF_UEFIS path
+    (--ovmf, else the candidate hosts' templates, else this machine's vmm_exec_kvm.conf when
+    it is the front-end, else 6.10's default with a warning)."""
+    from agent.one import inventory, versions
+    from agent.one.connection import invalid_input
+    from agent.paths import Root
+
+    answer = client.call("system.version")
+    version = versions.parse_version(str(answer))
+    if version is None:
+        raise invalid_input("one.system.version", f"{answer!r} is not an OpenNebula version")
+    if ovmf is not None and not versions.has_uefi_keyword(version):
+        return versions.Firmware(ovmf, "--ovmf")
+    uefis = inventory.host_attribute(pool, hosts, "OVMF_UEFIS")
+    source = f"the template of host {', '.join(hosts)}"
+    if uefis is None:
+        conf = Root.from_env().path(versions.VMM_KVM_CONF)
+        try:
+            uefis = versions.ovmf_from_conf(conf.read_text())
+            source = str(conf)
+        except OSError:
+            source = f"neither the hosts' templates nor {versions.VMM_KVM_CONF} here"
+    return versions.firmware_for(version, uefis, source)
 
 
 def _check_templates(client: OneClient, args: argparse.Namespace) -> None:

@@ -5,6 +5,10 @@ and what the scheduler assigns (reference opennebula.md section 5.2): ``SHORT_AD
 lspci's ``bus:slot.func``, ``TYPE`` is ``vendor:device:class``, ``VMID`` is -1 when free and
 ``NUMA_NODE`` is ``-`` when unknown. pyone parses the pool into bindings; this module turns
 them into plain values.
+
+On a host set up for vGPU, 7.0's probe (src/im_mad/remotes/node-probes.d/pci.rb) skips the
+physical GPU and lists each NVIDIA virtual function with a ``UUID``, its ``PROFILES`` and
+``MDEV_MODE``: those are vGPU slots, not passthrough GPUs, and are never counted as free GPUs.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ class PciDevice:
     class_name: str
     numa_node: str
     vmid: int
+    profiles: str = ""  # vGPU profiles of an NVIDIA virtual function
+    uuid: str = ""
+
+    @property
+    def is_vgpu(self) -> bool:
+        """An NVIDIA vGPU virtual function: the probe gives only those a UUID and PROFILES."""
+        return self.is_nvidia and bool(self.uuid or self.profiles)
 
     @property
     def free(self) -> bool:
@@ -57,15 +68,22 @@ class PciDevice:
 
     @property
     def is_gpu(self) -> bool:
-        """An NVIDIA display controller (class 03xx: VGA 0300, 3D 0302), not its audio function."""
-        return self.is_nvidia and self.device_class.startswith("03")
+        """An NVIDIA display controller (class 03xx: VGA 0300, 3D 0302) for passthrough: not its
+        audio function, not a vGPU virtual function."""
+        return self.is_nvidia and self.device_class.startswith("03") and not self.is_vgpu
 
     @property
     def schedulable(self) -> bool:
         return self.free and self.host_usable
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "model": self.model, "gpu": self.is_gpu, "free": self.free}
+        return {
+            **asdict(self),
+            "model": self.model,
+            "gpu": self.is_gpu,
+            "vgpu": self.is_vgpu,
+            "free": self.free,
+        }
 
 
 def normalize_address(text: str) -> str | None:
@@ -97,9 +115,20 @@ def devices(pool: object) -> list[PciDevice]:
                     class_name=_text(p.CLASS_NAME),
                     numa_node=_text(p.NUMA_NODE) or "-",
                     vmid=int(p.VMID) if p.VMID is not None else -1,
+                    profiles=_text(getattr(p, "PROFILES", None)),
+                    uuid=_text(getattr(p, "UUID", None)),
                 )
             )
     return out
+
+
+def host_attribute(pool: object, hosts: tuple[str, ...], name: str) -> str | None:
+    """The first non-empty `name` in the TEMPLATE of `hosts` (pyone gives TEMPLATE as a dict)."""
+    for host in getattr(pool, "HOST", None) or []:
+        template = getattr(host, "TEMPLATE", None)
+        if str(host.NAME) in hosts and isinstance(template, dict) and template.get(name):
+            return str(template[name]).strip()
+    return None
 
 
 def host_states(pool: object) -> dict[str, str]:

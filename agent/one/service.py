@@ -1,7 +1,10 @@
 """The OneFlow service template: a SuperLink role and a SuperNode role that waits for it.
 
-Shape: OneFlow 7.x (src/flow/lib/models/service_template.rb: roles with ``type: vm`` and
-``template_id``; ``user_inputs`` at service and role level; ``ready_status_gate``).
+Shape: the one OpenNebula 6.10 and 7.x both accept (agent/one/versions.py): roles with
+``vm_template``, inputs as ``custom_attrs`` at service and role level, ``ready_status_gate``.
+6.10's OneFlow requires exactly that; 7.0's converts it (``vm_template`` -> ``template_id``,
+``type: vm``, ``custom_attrs`` -> ``user_inputs``) before it validates, whereas 6.10 would reject
+7.0's own shape (no ``vm_template``) only when the service is instantiated.
 ``deployment: straight`` deploys a role only when its parents run; with ``ready_status_gate``
 "running" means the VM reported ``READY=YES`` through OneGate (reference opennebula.md 3.8),
 so the SuperNodes start after the SuperLink is serving, and OneFlow counts a SuperNode only
@@ -61,24 +64,22 @@ def build(
         "roles": [
             {
                 "name": "superlink",
-                "type": "vm",
-                "template_id": superlink_template,
+                "vm_template": superlink_template,
                 "cardinality": 1,
                 "min_vms": 1,
                 "max_vms": 1,
             },
             {
                 "name": "supernode",
-                "type": "vm",
-                "template_id": supernode_template,
+                "vm_template": supernode_template,
                 "parents": ["superlink"],
                 "cardinality": low,
                 "min_vms": low,
                 "max_vms": high,
-                "user_inputs": by_name(own_inputs),
+                "custom_attrs": by_name(own_inputs),
             },
         ],
-        "user_inputs": by_name(SHARED_INPUTS),
+        "custom_attrs": by_name(SHARED_INPUTS),
     }
     check(body)
     return body
@@ -94,8 +95,8 @@ def check(body: dict) -> None:
         where = f"role {role.get('name')!r}"
         if not _ROLE_NAME.match(str(role.get("name"))) or names.count(role["name"]) > 1:
             raise invalid_input(where, "role names are unique words (letters, digits, _)")
-        if not isinstance(role.get("template_id"), int) or role["template_id"] < 0:
-            raise invalid_input(where, "template_id must be a VM template ID (an integer >= 0)")
+        if not isinstance(role.get("vm_template"), int) or role["vm_template"] < 0:
+            raise invalid_input(where, "vm_template must be a VM template ID (an integer >= 0)")
         card = role.get("cardinality", 0)
         if not role.get("min_vms", 0) <= card <= role.get("max_vms", card):
             raise invalid_input(where, "need min_vms <= cardinality <= max_vms")

@@ -189,6 +189,8 @@ def render(
     selection: Selection,
     disk: dict[str, str] | None = None,
     nic: dict[str, str] | None = None,
+    *,
+    firmware: str = "UEFI",
 ) -> str:
     """The template text; parsed back before it is returned, so oned can read what it gets."""
     import jinja2
@@ -209,6 +211,7 @@ def render(
         cores=req.cores,
         memory=req.memory_mb,
         pin_policy=req.pin_policy,
+        firmware=firmware,
         pcis=selection.pcis,
         disk=disk,
         nic=nic,

@@ -26,7 +26,7 @@ install -D -m 0644 -t /usr/lib/udev/rules.d "$FL_STAGE"/udev/*.rules
 install -d -m 0755 /etc/one-context.d
 # The hook, and the net-99-report-ready that leaves READY to the agent (replacing one-context's).
 install -m 0755 "$FL_STAGE"/context.d/* /etc/one-context.d/
-systemctl enable fl-agent.service fl-agent-revalidate.timer
+systemctl enable fl-agent.service fl-agent-revalidate.timer fl-agent-onegate-resend.timer
 
 # The Flower version the node runs unless the context says otherwise. The agent's own table
 # supplies the default and checks a given one.

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+from emulators.template import TemplateError, parse_template
+
 # oned's ErrorCode values (include/Request.h; pyone/server_xrpc.py maps them to exceptions).
 SUCCESS = 0x0000
 AUTHENTICATION = 0x0100
@@ -47,6 +49,8 @@ class Pci:
     vmid: int = -1
     domain: str = "0000"
     uuid: str | None = None
+    profiles: str | None = None  # an NVIDIA vGPU virtual function: its creatable profiles
+    mdev_mode: str | None = None  # ... and `nvidia` or `legacy` (7.0's probe)
 
     def xml(self) -> str:
         bus, rest = self.short_address.split(":")
@@ -62,6 +66,8 @@ class Pci:
             "FUNCTION": function,
             "IFNAME": "-",
             "NUMA_NODE": self.numa_node,
+            "PROFILES": self.profiles,
+            "MDEV_MODE": self.mdev_mode,
             "SHORT_ADDRESS": self.short_address,
             "SLOT": slot,
             "SRIOV": "-",
@@ -81,6 +87,7 @@ class Host:
     pci: tuple[Pci, ...] = ()
     state: int = HOST_MONITORED
     cluster: str = "default"
+    ovmf_uefis: str | None = None  # OVMF_UEFIS set in the host's template by the admin
 
     def xml(self) -> str:
         vms = sorted({p.vmid for p in self.pci if p.vmid >= 0})
@@ -113,7 +120,10 @@ class Host:
             }
         )
         vm_ids = "".join(f"<ID>{v}</ID>" for v in vms)
-        template = "<TEMPLATE><HYPERVISOR><![CDATA[kvm]]></HYPERVISOR></TEMPLATE>"
+        template = "<HYPERVISOR><![CDATA[kvm]]></HYPERVISOR>"
+        if self.ovmf_uefis is not None:
+            template += f"<OVMF_UEFIS><![CDATA[{self.ovmf_uefis}]]></OVMF_UEFIS>"
+        template = f"<TEMPLATE>{template}</TEMPLATE>"
         return (
             f"<HOST>{head}<HOST_SHARE>{share}</HOST_SHARE><VMS>{vm_ids}</VMS>"
             f"{template}<MONITORING></MONITORING></HOST>"
@@ -245,8 +255,10 @@ class OnedEmulator:
         hosts: tuple[Host, ...] = DEFAULT_HOSTS,
         session: str = "oneadmin:opennebula",
         templates: dict[int, str] | None = None,
+        version: str = "7.0.0",
     ) -> None:
         self.session = session
+        self.version = version
         self.state = _State(hosts)
         for tid, name in (templates or {}).items():
             self.state.templates[tid] = (name, f'NAME="{name}"\n')
@@ -319,9 +331,13 @@ class OnedEmulator:
             "one.template.allocate": self._template_allocate,
             "one.template.info": self._template_info,
             "one.document.allocate": self._document_allocate,
+            "one.system.version": self._system_version,
         }
 
     # --- the calls (the lock is held) ---
+
+    def _system_version(self, method: str) -> list[Any]:
+        return [True, self.version, SUCCESS]
 
     def _hostpool_info(self, method: str) -> list[Any]:
         return [
@@ -339,11 +355,9 @@ class OnedEmulator:
                 SUCCESS]  # fmt: skip
 
     def _template_allocate(self, method: str, body: str) -> list[Any]:
-        from agent.one.syntax import TemplateSyntaxError, parse
-
         try:
-            attrs = parse(body)
-        except TemplateSyntaxError as exc:
+            attrs = parse_template(body)
+        except TemplateError as exc:
             return [False, f"[{method}] Parse error: {exc}", INTERNAL]
         names = [v for k, v in attrs if k == "NAME" and isinstance(v, str)]
         if not names:
@@ -389,15 +403,16 @@ def _elements(fields: dict[str, str | None]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agent.emulator.oned [--port 2633]``: serve the default pool until interrupted."""
+    """``python -m emulators.oned [--port 2633]``: serve the default pool until interrupted."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(description="oned XML-RPC stand-in (hosts with GPUs)")
     parser.add_argument("--port", type=int, default=2633)
     parser.add_argument("--session", default="oneadmin:opennebula", help="the user:password")
+    parser.add_argument("--version", default="7.0.0", help="what one.system.version answers")
     args = parser.parse_args(argv)
-    oned = OnedEmulator(session=args.session)
+    oned = OnedEmulator(session=args.session, version=args.version)
     sys.stdout.write(f"oned stand-in on {oned.start(args.port)}\n")
     sys.stdout.flush()
     try:

@@ -1,7 +1,7 @@
 """A OneGate server emulator: a real HTTP server that behaves like OpenNebula's.
 
-Ported from the server's source (src/onegate/onegate-server.rb; facts in
-../shared/reference/opennebula.md section 3): token and VMID checks (401 `Not authorized`),
+Ported from the server's source (OpenNebula/one src/onegate/onegate-server.rb at the release
+tags below; docs/onegate.md): token and VMID checks (401 `Not authorized`),
 restricted attributes (403), `escape_attr` and then a port of the core's template lexer and
 grammar (src/parsers/template_parser.l), so the inputs that break the real server break this one
 with a 500; type=2 deletions (500 `attribute not found`); plain-text error bodies under a JSON
@@ -9,7 +9,15 @@ content type; XML-born JSON (numbers as strings, `{}` for empty, NIC lists); `/s
 roles and nodes; `/vms/<id>` within a service. On top, fault injection at run time (down,
 slow, bursts of 5xx, 401 mode) and a record of every request for assertions.
 
-Run for the demo: ``python -m agent.emulator.onegate --port 5030 --state state.json``; the
+Server profiles (`version`), from onegate-server.rb at the release tags:
+- every version checks the route's permission (`:permissions:`, 403 `Action (<a>) on resource
+  (<r>) not supported`) before the token (401), and answers `/service` with 400
+  `Service N does not contain VM M.` while the asking VM is not among the service's nodes;
+- 6.10.0 and 7.0.0 send a halted 500's own text (`attribute not found`, a parse error);
+- 7.0.1 and later run an `error 500` block after every 500, halted ones included, that
+  answers `Internal server error` instead.
+
+Run for the demo: ``python -m emulators.onegate --port 5030 --state state.json``; the
 state file lists VMs (id, token, name, user_template, nics) and services (id, name, roles with
 vm_ids) and receives every change. Control routes under ``/_emulator/`` (`requests`, `state`,
 `faults`) are this emulator's own.
@@ -30,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators.template import TemplateError, parse_template
+
 RESTRICTED_ATTRS = ("SCHED_REQUIREMENTS", "SERVICE_ID", "ROLE_NAME")
 NIC_VALID_KEYS = (
     "IP",
@@ -44,6 +54,9 @@ NIC_VALID_KEYS = (
     "EXTERNAL_IP",
 )
 UNSUPPORTED = "OneGate server doesn't support this feature"
+VERSIONS = ("6.10.0", "7.0.0", "7.0.1")
+"""The server profiles: 7.0.1 stands for every later release too (the `error 500` block)."""
+INTERNAL_ERROR = "Internal server error"
 CONTROL_PREFIX = "/_emulator/"
 
 
@@ -83,97 +96,6 @@ def escape_attr(attr: str) -> str:
     if escape and text[-1:] not in ("]", '"'):
         text += '"'
     return text
-
-
-class TemplateError(ValueError):
-    """What the core's template parser rejects."""
-
-
-# (token, regex) in the lexer's rule order; flex takes the longest match, the first on a tie.
-_INITIAL = (
-    (None, re.compile(r"[ \t]*#.*\n")),
-    (None, re.compile(r"[ \t\n]+")),
-    ("VARIABLE", re.compile(r"[A-Za-z0-9_]+")),
-    ("EQUAL", re.compile(r"[ \t]*=[ \t]*")),
-    ("EQUAL_EMPTY", re.compile(r"[ \t]*=[ \t]*\n")),
-    ("COMMA", re.compile(r"[ \t\n]*,[ \t\n]*")),
-    ("CBRACKET", re.compile(r"[ \t\n]*\][ \t\n]*")),
-)
-_VALUE = (
-    ("OBRACKET", re.compile(r"[ \t]*\[[ \t\n]*")),
-    ("CCDATA", re.compile(r".*\]\]>.*")),
-    ("QSTRING", re.compile(r'"(?:\\"|[^"])*"')),
-    ("STRING", re.compile(r"[^=# \t\n,\[\]]+")),
-)
-
-
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    """(token, text, line) like template_parser.l; unmatched characters are dropped (flex ECHO)."""
-    tokens: list[tuple[str, str, int]] = []
-    pos, value_state = 0, False
-    while pos < len(text):
-        rules = _VALUE if value_state else _INITIAL
-        best: tuple[str | None, str] | None = None
-        for name, rx in rules:
-            m = rx.match(text, pos)
-            if m and m.group() and (best is None or len(m.group()) > len(best[1])):
-                best = (name, m.group())
-        if best is None:
-            pos += 1
-            continue
-        name, lexeme = best
-        line = text.count("\n", 0, pos) + 1
-        pos += len(lexeme)
-        if name == "EQUAL":
-            value_state = True
-        elif name in ("OBRACKET", "CCDATA", "QSTRING", "STRING"):
-            value_state = False
-        if name == "QSTRING":
-            tokens.append(("STRING", lexeme[1:-1].replace('\\"', '"'), line))
-        elif name is not None:
-            tokens.append((name, lexeme, line))
-    return tokens
-
-
-def parse_template(text: str) -> list[tuple[str, str | dict[str, str]]]:
-    """Attributes (upper-cased names) in order; TemplateError like the core's parse error."""
-    tokens = _tokens(text)
-    pos = 0
-
-    def take(*expected: str) -> tuple[str, str, int]:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise TemplateError(
-                f"Parse error: syntax error, unexpected $end, expecting {' or '.join(expected)}"
-            )
-        token = tokens[pos]
-        if token[0] not in expected:
-            raise TemplateError(
-                f"Parse error: syntax error, unexpected {token[0]}, expecting "
-                f"{' or '.join(expected)} at line {token[2]}"
-            )
-        pos += 1
-        return token
-
-    out: list[tuple[str, str | dict[str, str]]] = []
-    while pos < len(tokens):
-        name = take("VARIABLE")[1].upper()
-        if take("EQUAL", "EQUAL_EMPTY")[0] == "EQUAL_EMPTY":
-            out.append((name, ""))
-            continue
-        kind, value, _ = take("STRING", "OBRACKET", "CCDATA")
-        if kind == "OBRACKET":
-            vector: dict[str, str] = {}
-            while True:
-                key = take("VARIABLE")[1].upper()
-                take("EQUAL")
-                vector[key] = take("STRING")[1]
-                if take("COMMA", "CBRACKET")[0] == "CBRACKET":
-                    break
-            out.append((name, vector))
-        elif kind == "STRING":
-            out.append((name, value))
-    return out
 
 
 # --------------------------------------------------------------------------- the cloud's state
@@ -258,18 +180,26 @@ class Faults:
     fail_until: float = 0.0  # time.monotonic() until which every request fails
     fail_status: int = 500
     fail_body: str = "Internal Server Error"
-    unauthorized: bool = False  # answer every request 401
+    unauthorized: bool = False  # answer every request 401 (after the permission check)
 
 
 class OneGateEmulator:
     """The server; `start()` returns its endpoint (http://127.0.0.1:<port>)."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, state_file: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_file: Path | None = None,
+        version: str = VERSIONS[-1],
     ) -> None:
+        if version not in VERSIONS:
+            raise ValueError(f"unknown OneGate version {version!r}; one of {VERSIONS}")
         self.host = host
         self.port = port
         self.state_file = state_file
+        self.version = version
+        self.denied: set[tuple[str, str]] = set()  # (resource, action) set false in the conf
         self.vms: dict[int, EmulatedVM] = {}
         self.services: dict[int, EmulatedService] = {}
         self.faults = Faults()
@@ -442,31 +372,52 @@ class OneGateEmulator:
 
     def _save(self) -> None:
         if self.state_file is not None:
-            from agent.atomicfile import write_atomic
-
-            write_atomic(self.state_file, json.dumps(self.snapshot(), indent=2), mode=0o600)
+            temp = self.state_file.with_name(self.state_file.name + ".tmp")
+            temp.write_text(json.dumps(self.snapshot(), indent=2))
+            temp.chmod(0o600)
+            temp.replace(self.state_file)
 
     # -- the API, as onegate-server.rb answers it
 
-    def handle(self, method: str, path: str, headers, params, body: str) -> tuple[int, str]:
-        """(status, body) for one API request, after faults."""
+    def deny(self, resource: str, action: str) -> None:
+        """Set `:permissions: :<resource>: :<action>:` false, as an operator may."""
         with self.lock:
+            self.denied.add((resource, action))
+
+    def handle(self, method: str, path: str, headers, params, body: str) -> tuple[int, str]:
+        """(status, body) for one API request, after faults; 7.0.1+ rewrites every 500."""
+        status, text = self._route(method, path, headers, params, body)
+        if status == 500 and self.version >= "7.0.1":
+            return 500, INTERNAL_ERROR
+        return status, text
+
+    def _route(self, method: str, path: str, headers, params, body: str) -> tuple[int, str]:
+        match = re.fullmatch(r"/vms/(\d+)", path)
+        permission = {
+            ("GET", "/vm"): ("vm", "show"),
+            ("PUT", "/vm"): ("vm", "update"),
+            ("GET", "/service"): ("service", "show"),
+        }.get((method, path))
+        if match and method in ("GET", "PUT"):
+            permission = ("vm", "show_by_id" if method == "GET" else "update_by_id")
+        if permission is None and (method, path) != ("GET", "/"):
+            return 400, UNSUPPORTED  # the catch-all route: no permission, no token
+        with self.lock:
+            if permission in self.denied:
+                return 403, f"Action ({permission[1]}) on resource ({permission[0]}) not supported"
             vm = self._authenticate(headers)
             if vm is None:
                 return 401, "Not authorized"
-            if method == "GET" and path == "/":
+            if path == "/":
                 return 200, json.dumps(
                     {"vm_info": f"{self.endpoint}/vm", "service_info": f"{self.endpoint}/service"}
                 )
-            if path == "/vm" and method in ("GET", "PUT"):
+            if path == "/vm":
                 return self._vm(vm, method, params, body)
-            match = re.fullmatch(r"/vms/(\d+)", path)
-            if match and method in ("GET", "PUT"):
+            if match:
                 target, error = self._peer(vm, int(match[1]))
                 return error or self._vm(target, method, params, body)
-            if path == "/service" and method == "GET":
-                return self._service(vm, extended="extended" in params)
-            return 400, UNSUPPORTED
+            return self._service(vm, extended="extended" in params)
 
     def _authenticate(self, headers) -> EmulatedVM | None:
         token, vmid = headers.get("X-ONEGATE-TOKEN"), headers.get("X-ONEGATE-VMID")
@@ -514,15 +465,17 @@ class OneGateEmulator:
                 "This VM does not belong to any Virtual Router or Service, so it cannot "
                 "retrieve information from other VMs",
             )
-        status, text = self._service(vm)
+        status, text = self._service(vm, member=target_id)
         if status != 200:
             return vm, (status, text)
-        ids = [n["deploy_id"] for r in json.loads(text)["SERVICE"]["roles"] for n in r["nodes"]]
-        if target_id not in ids or target_id not in self.vms:
-            return vm, (400, f"Service {service_id} does not contain VM {target_id}.")
+        if target_id not in self.vms:
+            return vm, (404, f"Error getting virtual machine [{target_id}].")
         return self.vms[target_id], None
 
-    def _service(self, vm: EmulatedVM, *, extended: bool = False) -> tuple[int, str]:
+    def _service(
+        self, vm: EmulatedVM, *, extended: bool = False, member: int | None = None
+    ) -> tuple[int, str]:
+        """check_vm_in_service: the service, when `member` (default: the asking VM) is a node."""
         service_id = str(vm.user_template.get("SERVICE_ID", ""))
         if not service_id.isdigit():
             return 400, "Empty or invalid SERVICE_ID"
@@ -531,6 +484,9 @@ class OneGateEmulator:
             return 404, f"Service {service_id} not found"
         if service.roles is None:
             return 400, f"Service {service_id} is empty."
+        member = vm.id if member is None else member
+        if not any(member in r.vm_ids for r in service.roles):
+            return 400, f"Service {service_id} does not contain VM {member}."
         roles = [self._role_hash(r, extended) for r in service.roles]
         body = {"name": service.name, "id": str(service.id), "state": service.state, "roles": roles}
         return 200, json.dumps({"SERVICE": body})
@@ -616,7 +572,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status is None:
             status, text = self.emulator.handle(method, url.path, self.headers, params, body)
         else:
-            text = "Not authorized" if status == 401 else self.emulator.faults.fail_body
+            text = self.emulator.faults.fail_body
+            if status == 500 and self.emulator.version >= "7.0.1":
+                text = INTERNAL_ERROR
         self._record(method, url.path, query, params, body, arrived, status)
         self._answer(status, text)
 
@@ -625,9 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
         with emulator.lock:
             faults = emulator.faults
             slow = faults.slow_s
-            if faults.unauthorized:
-                status = 401
-            elif faults.fail_next > 0:
+            if faults.fail_next > 0:
                 faults.fail_next -= 1
                 status = faults.fail_status
             elif time.monotonic() < faults.fail_until:
@@ -662,8 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5030)
     parser.add_argument("--state", type=Path, help="JSON file: VMs and services, kept updated")
+    parser.add_argument("--version", choices=VERSIONS, default=VERSIONS[-1])
     args = parser.parse_args(argv)
-    emulator = OneGateEmulator(args.host, args.port, args.state)
+    emulator = OneGateEmulator(args.host, args.port, args.state, args.version)
     emulator.start()
     print(f"OneGate emulator on {emulator.endpoint}", flush=True)
     try:

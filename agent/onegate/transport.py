@@ -1,0 +1,257 @@
+"""HTTP to OneGate: one process-wide backoff per endpoint, and a run that stops asking once
+the server has said no for good.
+
+- Connection errors, timeouts and 5xx are retried inside each call's deadline. The backoff
+  outlives the call: the failures of earlier requests of this process count, every wait is
+  drawn with full jitter (U(0, d), d = base * 2**failures, capped), and a call whose deadline
+  ends before the next allowed request gives up without sending one. So during an outage
+  each agent probes at growing random intervals, and after it a herd does not come back at
+  once (bench/onegate_herd.py measures it).
+- A 401 ends OneGate traffic for the rest of the run (the process): every later request would
+  get the same answer. A 403 ends the route it came from (a permission off in the server's
+  `:permissions:`), or all traffic when the server refuses its own host name. The report is
+  kept on disk for the next run (the re-send timer, the next boot).
+- Redirects are never followed, so the token never goes to another host.
+- Every server answer is text until checked: a body that is not the JSON object expected is a
+  named error, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent import __version__, log
+from agent.errors import AgentError, Problem
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Full jitter: after n failures in a row, wait U(0, min(cap, base * 2**n))."""
+
+    base_s: float = 2.0
+    cap_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 5.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * (2**failures)))
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    not_before: float = 0.0
+
+
+@dataclass
+class _Stops:
+    """What this run no longer asks: '*' (everything) or a route such as 'PUT /vm'."""
+
+    routes: dict[str, OneGateError]
+
+
+_BACKOFF: dict[tuple[str, str], _Backoff] = {}
+_STOPPED: dict[tuple[str, str], _Stops] = {}
+"""Process-wide, per (endpoint, VMID): every Reporter of the run shares them."""
+
+
+def new_run(endpoint: str | None = None, vmid: str | None = None) -> None:
+    """Forget the backoff and the stops (of one endpoint and VM, or all), as a new process
+    would: tests, and the herd bench, whose simulated VMs share a process."""
+    for table in (_BACKOFF, _STOPPED):
+        for key in [k for k in table if endpoint is None or k == (endpoint, vmid)]:
+            del table[key]
+
+
+class OneGateError(AgentError):
+    """A OneGate request that failed; `status` is the HTTP status (None: no answer)."""
+
+    def __init__(self, problem: Problem, status: int | None = None, body: str = "") -> None:
+        super().__init__(problem)
+        self.status = status
+        self.body = body
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying in a later run: no answer, a 5xx, a 401 (the token can be fixed), a
+        redirect or `Host not permitted` (the server's configuration can be fixed)."""
+        if self.status == 403:
+            return "Host not permitted" in self.body
+        status = self.status
+        return status is None or status >= 500 or status == 401 or 300 <= status < 400
+
+
+def problem_for(status: int | None, body: str, path: str, endpoint: str) -> Problem:
+    subject = f"OneGate {endpoint}{path}"
+    if status is None:
+        return Problem(
+            "onegate_unreachable",
+            subject,
+            f"no answer: {body}",
+            "check ONEGATE_ENDPOINT (oned.conf) and that port 5030 is reachable from the VM",
+        )
+    if 300 <= status < 400:
+        return Problem(
+            "onegate_redirected",
+            subject,
+            f"HTTP {status}: a redirect, not followed (the token would go with it)",
+            "set ONEGATE_ENDPOINT (oned.conf) to the OneGate server itself",
+        )
+    if status == 401:
+        return Problem(
+            "onegate_unauthorized",
+            subject,
+            "401 Not authorized: the token or VMID is wrong, or the VM was recreated",
+            "set TOKEN=YES in the VM template's CONTEXT and check the owner's TOKEN_PASSWORD",
+        )
+    if status == 403 and "Host not permitted" in body:
+        return Problem(
+            "onegate_forbidden",
+            subject,
+            "403 Host not permitted: the OneGate server rejects its own host name",
+            "server configuration: permit the host in onegate-server.conf (OpenNebula/one#7231)",
+        )
+    if status == 403:
+        return Problem(
+            "onegate_forbidden",
+            subject,
+            f"403 {body[:200]}",
+            "a restricted attribute or an action disabled in onegate-server.conf",
+        )
+    return Problem("onegate_error", subject, f"HTTP {status}: {body[:200]}", "")
+
+
+def malformed(path: str, endpoint: str, body: str, what: str) -> OneGateError:
+    """A 200 answer that is not what the route returns."""
+    problem = Problem(
+        "onegate_bad_answer",
+        f"OneGate {endpoint}{path}",
+        f"the answer is not {what}",
+        "check that ONEGATE_ENDPOINT is the OneGate server (and its version)",
+    )
+    return OneGateError(problem, 200, body[:200])
+
+
+def route(method: str, path: str) -> str:
+    """'GET /vms/:id' for 'GET /vms/12': the unit a 403 ends."""
+    return method + " " + re.sub(r"/\d+", "/:id", path.split("?")[0])
+
+
+class Transport:
+    """HTTP with retries inside a deadline; the token only ever goes into a header."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        vmid: str,
+        token,
+        policy: RetryPolicy,
+        rng: random.Random,
+        sleep: Callable[[float], None],
+    ) -> None:
+        import requests
+
+        self.requests = requests
+        self.endpoint = endpoint
+        self.policy = policy
+        self.rng = rng
+        self.sleep = sleep
+        self.backoff = _BACKOFF.setdefault((endpoint, vmid), _Backoff())
+        self.stops = _STOPPED.setdefault((endpoint, vmid), _Stops({}))
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxy or .netrc from the environment
+        self.session.headers.update(
+            {
+                "X-ONEGATE-TOKEN": token.reveal(),
+                "X-ONEGATE-VMID": vmid,
+                "User-Agent": f"fl-agent/{__version__}",
+                "Accept": "application/json",
+            }
+        )
+
+    def stopped(self, method: str, path: str) -> OneGateError | None:
+        return self.stops.routes.get("*") or self.stops.routes.get(route(method, path))
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        deadline: float,
+        data: dict[str, str] | None = None,
+        harmless: Callable[[int, str], bool] | None = None,
+    ) -> str:
+        """The body of a 2xx answer (or of an error `harmless` accepts); else OneGateError."""
+        stopped = self.stopped(method, path)
+        if stopped is not None:
+            raise stopped
+        failures = (
+            self.requests.ConnectionError,
+            self.requests.Timeout,
+            self.requests.exceptions.ChunkedEncodingError,
+        )
+        error: OneGateError | None = None
+        while True:
+            wait = self.backoff.not_before - time.monotonic()
+            if wait > 0:
+                if time.monotonic() + wait >= deadline:
+                    raise error or OneGateError(
+                        problem_for(None, "backing off after failures", path, self.endpoint)
+                    )
+                self.sleep(wait)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise error or OneGateError(problem_for(None, "out of time", path, self.endpoint))
+            timeout = (
+                min(self.policy.connect_timeout_s, remaining),
+                min(self.policy.read_timeout_s, remaining),
+            )
+            try:
+                resp = self.session.request(
+                    method, self.endpoint + path, data=data, timeout=timeout, allow_redirects=False
+                )
+            except failures as exc:
+                error = OneGateError(problem_for(None, type(exc).__name__, path, self.endpoint))
+            else:
+                body = resp.text.strip()
+                if resp.status_code < 300 or (harmless and harmless(resp.status_code, body)):
+                    self.backoff.failures, self.backoff.not_before = 0, 0.0
+                    return body
+                problem = problem_for(resp.status_code, body, path, self.endpoint)
+                error = OneGateError(problem, resp.status_code, body)
+                if resp.status_code < 500 or "Parse error" in body:
+                    self._stop(method, path, error)
+                    raise error
+            self.backoff.failures += 1
+            delay = self.policy.delay(self.backoff.failures, self.rng)
+            self.backoff.not_before = time.monotonic() + delay
+            log.get("onegate").debug(
+                "onegate_retry", path=path, failures=self.backoff.failures, delay_s=round(delay, 3)
+            )
+
+    def _stop(self, method: str, path: str, error: OneGateError) -> None:
+        """A 401, a redirect or `Host not permitted` ends every request of this run; another
+        403 ends its route."""
+        if error.status == 403 and error.body.startswith("Attribute ("):
+            return  # a restricted attribute: that report is refused, not the route
+        if error.status == 403 and "Host not permitted" not in error.body:
+            self.stops.routes[route(method, path)] = error
+        elif error.status in (401, 403) or (error.status and 300 <= error.status < 400):
+            self.stops.routes["*"] = error
+        else:
+            return
+        log.get("onegate").error("onegate_stopped", problem=str(error.first))
+
+    def get_json(self, path: str, deadline: float) -> dict:
+        body = self.call("GET", path, deadline)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise malformed(path, self.endpoint, body, "JSON") from None
+        if not isinstance(data, dict):
+            raise malformed(path, self.endpoint, body, "a JSON object")
+        return data
