@@ -1,10 +1,10 @@
 """SuperLink address, TLS trust and partition id, found through OneGate when not configured.
 
-What a OneFlow service offers (../shared/reference/opennebula.md 3.5, peer-appliance.md rows
-4 to 6 and 15): `GET /service` lists roles and their VM ids; `GET /vms/<id>` gives a peer's
-USER_TEMPLATE (where a SuperLink appliance publishes FL_ENDPOINT, FL_TLS, FL_CA_CERT, FL_READY)
-and its NICs. The SuperLink may still be booting when a SuperNode asks, so every lookup is
-retried a bounded number of times; attempts, intervals and the sleep are parameters.
+What a OneFlow service offers (docs/onegate.md; OpenNebula/one's onegate-server.rb):
+`GET /service` lists roles and their VM ids; `GET /vms/<id>` gives a peer's USER_TEMPLATE
+(where a SuperLink appliance publishes FL_ENDPOINT, FL_TLS, FL_CA_CERT, FL_READY) and its NICs.
+The SuperLink may still be booting when a SuperNode asks, so every lookup is retried a bounded
+number of times; attempts, intervals and the sleep are parameters.
 
 The CA certificate is checked by agent/tls.py. Trust on first use: the SuperLink endpoint and
 CA learned through OneGate are pinned at the first successful boot (`pin_update`, written by
