@@ -9,7 +9,6 @@ import itertools
 import json
 import random
 import stat
-import subprocess
 import time
 
 import pytest
@@ -683,8 +682,10 @@ def test_ready_script_runs_three_times_ten_seconds_apart():
     calls, sleeps = [], []
 
     def run(argv, **kwargs):
+        from agent.command import RunResult
+
         calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0 if len(calls) == 3 else 1)
+        return RunResult(0 if len(calls) == 3 else 1, "")
 
     policy = ReadyPolicy.from_variables({"READY_SCRIPT": "check"})
     assert policy.check(Root(), run=run, sleep=sleeps.append) is None
