@@ -5,9 +5,11 @@
 - `evaluate` turns the facts into the validation report (agent/validation/), changing nothing;
   its container and framework stages start probe containers, which they always remove.
 - `make_plan` (agent/plan.py, pure) decides GPU or CPU, the container spec and the actions.
-- `apply` performs the actions and returns the outcome: the terminal report (RUNNING,
-  DEGRADED or FAILED) in the state file, in the appliance report and, when OneGate is
-  configured, in OneGate; READY=YES only once the container runs, never for a FAILED node.
+- `apply` performs the actions (image pull, toolkit install, validation markers, CA, data
+  directory, converge with the CPU fallback, the SuperLink pin) and returns the outcome: the
+  terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the appliance report and,
+  when OneGate is configured, in OneGate; READY=YES only once the container runs, never for a
+  FAILED node.
 
 `--dry-run` stops before apply: no file under the root is created, changed or removed, no
 container, no pull, no report; the exit code is the one the plan leads to. Progress reports
