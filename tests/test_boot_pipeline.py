@@ -299,18 +299,10 @@ def test_a_boot_installs_the_toolkit_and_resumes_from_its_stage(
     standin_images,
     no_supernode,
 ):
-    import shutil
-
-    from agent import toolkit
-    from tests.toolkit_repo import build_packages
+    from tests.toolkit_repo import bake_packages
 
     root = load_driver(gpu_vm(tmp_path / "root", "nvidia"))
-    (root / "var/lib/dpkg").mkdir(parents=True)
-    (root / "var/lib/dpkg/status").touch()
-    baked = root / toolkit.BAKED_DIR.lstrip("/")
-    baked.mkdir(parents=True)
-    for deb in build_packages(tmp_path / "debs"):
-        shutil.copy(deb, baked)
+    bake_packages(root, tmp_path / "debs")
     ctx = context_file(tmp_path, FL_SUPERNODE_IMAGE=standin_images["ok"])
     payload = json.dumps({"root": str(root), "context": str(ctx)})
     result = run_python(_BOOT, [payload], nvml_env(nvml_stub, h100(), tmp_path))

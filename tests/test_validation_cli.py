@@ -72,18 +72,10 @@ def test_text_table(tmp_path):
 
 
 def test_repair_installs_the_toolkit_and_resumes_from_its_stage(tmp_path, nvml_stub):  # noqa: F811
-    import shutil
-
-    from agent import toolkit
-    from tests.toolkit_repo import build_packages
+    from tests.toolkit_repo import bake_packages
 
     root = load_driver(gpu_vm(tmp_path / "root", "nvidia"))
-    (root / "var/lib/dpkg").mkdir(parents=True)
-    (root / "var/lib/dpkg/status").touch()
-    baked = root / toolkit.BAKED_DIR.lstrip("/")
-    baked.mkdir(parents=True)
-    for deb in build_packages(tmp_path / "debs"):
-        shutil.copy(deb, baked)
+    bake_packages(root, tmp_path / "debs")
     observed = cli(tmp_path, BASE, "--json", stub=nvml_stub, scenario=h100())
     assert json.loads(observed.stdout)["failed_stage"] == "toolkit"
     assert not (root / "usr/bin/nvidia-ctk").exists()  # without --repair nothing changes

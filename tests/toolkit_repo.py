@@ -199,3 +199,18 @@ def stop_gpg_agents(workdir: Path) -> None:
             check=False,
             capture_output=True,
         )
+
+
+def bake_packages(root: Path, workdir: Path) -> None:
+    """An image root with a dpkg database and the two packages baked in, as the appliance
+    image ships them (agent/toolkit.py BAKED_DIR): what a boot installs offline."""
+    import shutil
+
+    from agent.toolkit import BAKED_DIR
+
+    (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/dpkg/status").touch()
+    baked = root / BAKED_DIR.lstrip("/")
+    baked.mkdir(parents=True)
+    for deb in build_packages(workdir):
+        shutil.copy(deb, baked)
