@@ -17,11 +17,14 @@ def write_atomic(
     *,
     mode: int = 0o644,
     backup: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> Path | None:
     """Replace `path` with `data` atomically; return the backup path when one was made.
 
     With `backup`, the current file (if any) is first copied to `<path>.fl-agent.bak`,
-    so an operator can always get back what was there before the agent touched it.
+    so an operator can always get back what was there before the agent touched it. `owner`
+    (uid, gid) is set before the rename: a key for a container's non-root user is never
+    visible under another owner.
     """
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,8 @@ def write_atomic(
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
