@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.atomicfile import write_atomic
+from agent.outcome import READY
 from agent.paths import Root
+from agent.plan import CONTAINER_NAME
 
 SERVICE_REPORT = "/etc/one-appliance/config"
 MOTD = "/etc/motd"
 READY_MARKER = "All set and ready to serve 8)"
-CONTAINER_NAME = "flower-supernode"
-_RUNNING_STATES = ("RUNNING", "DEGRADED")
 _HELP = (
     ("status", "fl-agent status"),
     ("agent log", "journalctl -u fl-agent"),
@@ -33,7 +33,7 @@ def render_service_report(outcome: dict) -> str:
     spec = plan.get("spec") or {}
     container = outcome.get("container") or {}
     state = outcome.get("state", "UNKNOWN")
-    running = state in _RUNNING_STATES
+    running = state in READY
     problems = outcome.get("problems") or []
     service = [
         ("state", state),

@@ -1,26 +1,45 @@
-"""`fl-agent boot`: read everything, decide, then act.
+"""`fl-agent boot`: observe, evaluate, plan, apply; in that order, and nothing else.
 
-context -> config -> (docker, discovery, image, validation) -> plan -> converge -> outcome.
-Every boot ends in a terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the
-appliance report and, when OneGate is configured, in OneGate; READY=YES only once the
-container runs, never for a FAILED node.
+- `observe` reads everything: the context and the platform, the validated config, the engine,
+  the GPU, toolkit and image facts, discovery (the SuperLink, its CA). It writes nothing.
+- `evaluate` turns the facts into the validation report (agent/validation/), changing nothing;
+  its container and framework stages start probe containers, which they always remove.
+- `make_plan` (agent/plan.py, pure) decides GPU or CPU, the container spec and the actions.
+- `apply` performs the actions (image pull, toolkit install, validation markers, CA, data
+  directory, converge with the CPU fallback, the SuperLink pin) and returns the outcome: the
+  terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the appliance report and,
+  when OneGate is configured, in OneGate; READY=YES only once the container runs, never for a
+  FAILED node.
+
+`--dry-run` stops before apply: no file under the root is created, changed or removed, no
+container, no pull, no report; the exit code is the one the plan leads to. Progress reports
+(BOOTING ... STARTING) go to OneGate as the boot goes; a periodic re-convergence sends only the
+outcome, so READY stays while the node keeps running.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from agent import __version__, log
-from agent.config import Config, build_config
+from agent import log
+from agent.config import Config
+from agent.context import Platform
 from agent.errors import AgentError, Problem
+from agent.outcome import TERMINAL, BootState, ExitCode, Mode, Verdict, problem
 from agent.paths import Root
-from agent.plan import GpuVerdict, Plan, PlanInputs, make_plan
+from agent.plan import ActionKind, GpuVerdict, ImageFacts, Plan, PlanInputs, make_plan
+from agent.record import BootRecord, now
 
-EXIT_CODES = {"RUNNING": 0, "FAILED": 1, "INVALID": 2, "DEGRADED": 3}
-TERMINAL_STATES = ("RUNNING", "DEGRADED", "FAILED")
+if TYPE_CHECKING:
+    from agent.discovery import Discovery, Pin
+    from agent.engine import ConvergeResult, Engine
+    from agent.inputs import Inputs
+    from agent.validation import Observed, ValidationReport
 
 
 @dataclass(frozen=True)
@@ -37,124 +56,280 @@ class BootOptions:
     onegate_timeout_s: float = 10.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What a boot decided and did; `record` is what the state file holds."""
+    """What a boot decided and did (or, dry, would do)."""
 
-    state: str  # RUNNING | DEGRADED | FAILED | INVALID | PLANNED (dry run)
-    record: dict = field(default_factory=dict)
+    record: BootRecord
+    plan: Plan | None = None
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.state, 0)
+    def state(self) -> BootState:
+        return self.record.state
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.record.exit_code
 
 
-class _Run:
-    """One boot: collects timings and problems into the record as it goes."""
+@dataclass(frozen=True)
+class Facts:
+    """Everything observe read. `blocking`: what stops the node before any plan of a spec
+    (an invalid config, no engine, discovery that failed)."""
 
-    def __init__(self, root: Root, options: BootOptions) -> None:
-        self.root = root
-        self.options = options
-        self.started = time.monotonic()
-        self.record: dict = {
-            "agent_version": __version__,
-            "started_at": _now(),
-            "timings_ms": {},
-            "problems": [],
-        }
-        self.reporter = None
-        self.logger = log.get("boot")
+    platform: Platform
+    config: Config | None
+    context_source: str | None = None
+    blocking: tuple[Problem, ...] = ()
+    invalid_config: bool = False
+    image: ImageFacts | None = None  # the SuperNode image as the engine has it
+    observed: Observed | None = None  # GPU, toolkit and image facts (FL_GPU_ENABLED not NO)
+    discovery: Discovery | None = None
+    pin: Pin | None = None  # the SuperLink identity to pin once the node runs (first use)
+    data_dir_host: str = ""  # FL_DATA_DIR under the root
+    data_dir_exists: bool = True
+    ca_host_path: str = ""  # where the CA goes under the root
+    pin_path: str = ""  # where the pin goes under the root
 
-    def timed(self, name: str, func: Callable, *args, **kwargs):
-        start = time.monotonic()
+
+def boot(
+    root: Root, context_file: Path | None = None, options: BootOptions | None = None
+) -> Outcome:
+    """Run one boot (under the lock unless dry) and return its outcome; never raises for bad
+    input."""
+    from contextlib import ExitStack
+
+    from agent.state import boot_lock
+
+    session = Session(root, options or BootOptions())
+    if session.options.dry_run:  # the lock file would be a change under the root
+        return _run(session, context_file)
+    with ExitStack() as held:
         try:
-            return func(*args, **kwargs)
-        finally:
-            self.record["timings_ms"][name] = round((time.monotonic() - start) * 1000, 1)
+            held.enter_context(boot_lock(root, wait_s=session.options.lock_wait_s))
+        except AgentError as exc:  # another boot holds the lock
+            record = BootRecord(BootState.FAILED, session.started_at, now(), problems=exc.problems)
+            return Outcome(record)
+        return _run(session, context_file)
 
-    def report(self, state: str, **kwargs) -> None:
-        """Send one state change to OneGate (one request), never waiting past its bound."""
-        self.record["last_reported_state"] = state
-        self.logger.info("state", state=state)
+
+def _run(session: Session, context_file: Path | None) -> Outcome:
+    facts = observe(session, context_file)
+    report = evaluate(session, facts)
+    plan = plan_boot(facts, report)
+    if session.options.dry_run:
+        return session.outcome(plan, facts, report, Ending(plan.state), dry_run=True)
+    return apply(session, plan, facts, report)
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class Progress:
+    """State changes to OneGate, one request each, never waiting past their budget."""
+
+    def __init__(self, reporter, options: BootOptions) -> None:
+        self.reporter = reporter
+        self.options = options
+        self.last: BootState | None = None
+
+    def report(self, state: BootState, **kwargs: Any) -> None:
+        self.last = state
+        log.get("boot").info("state", state=str(state))
         if self.reporter is None or self.options.dry_run:
             return
-        if self.options.periodic and state not in TERMINAL_STATES:
+        if self.options.periodic and state not in TERMINAL:
             return  # progress reports would take READY away from a node that keeps running
         from agent.onegate import state_report
 
         updates, deletes = state_report(state, **kwargs)
         self.reporter.send(updates, deletes, timeout_s=self._budget(state))
 
-    def _budget(self, state: str) -> float:
+    def _budget(self, state: BootState) -> float:
         """Progress reports get a short budget (shorter still once one failed); the terminal
         report the full one. An unreachable OneGate so costs a boot seconds, not minutes, and
         what was not delivered waits in the queue."""
-        if state in TERMINAL_STATES:
+        if state in TERMINAL:
             return self.options.onegate_timeout_s
         failed = self.reporter.last_problem is not None
         return min(self.options.onegate_timeout_s, 0.5 if failed else 2.0)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+@dataclass
+class Session:
+    """The handles one boot acts through (root, options, OneGate, the engine) and its clock."""
+
+    root: Root
+    options: BootOptions
+    progress: Progress = field(init=False)
+    engine: Engine | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=now)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.progress = Progress(None, self.options)
+
+    def timed(self, name: str, func: Callable, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.timings[name] = round((time.monotonic() - start) * 1000, 1)
+
+    def outcome(
+        self,
+        plan: Plan,
+        facts: Facts,
+        report: ValidationReport | None,
+        ending: Ending,
+        *,
+        dry_run: bool = False,
+    ) -> Outcome:
+        self.timings["total"] = round((time.monotonic() - self.started) * 1000, 1)
+        record = BootRecord(
+            state=ending.state,
+            started_at=self.started_at,
+            finished_at=now(),
+            invalid_config=facts.invalid_config,
+            dry_run=dry_run,
+            mode=ending.mode if not dry_run else plan.mode,
+            context_source=facts.context_source,
+            flower_version=facts.config.flower_version if facts.config else None,
+            problems=plan.problems if ending.problems is None else ending.problems,
+            timings_ms=tuple(self.timings.items()),
+            last_reported_state=self.progress.last,
+            plan=plan.to_dict() if facts.config else None,
+            validation=report.to_dict() if report else None,
+            discovery=facts.discovery.to_dict() if facts.discovery else None,
+            container=ending.container.to_dict() if ending.container else None,
+        )
+        return Outcome(record, plan)
 
 
-def boot(
-    root: Root, context_file: Path | None = None, options: BootOptions | None = None
-) -> Outcome:
-    """Run one boot under the lock and return its outcome (never raises for bad input)."""
-    from agent.state import boot_lock
+@dataclass(frozen=True)
+class Ending:
+    """How a boot ends: its state, its problems (None: the plan's), what runs, the container."""
 
-    options = options or BootOptions()
-    run = _Run(root, options)
-    try:
-        with boot_lock(root, wait_s=options.lock_wait_s):
-            outcome = _boot(run, context_file)
-    except AgentError as exc:  # another boot holds the lock
-        run.record["problems"] = [p.to_dict() for p in exc.problems]
-        return Outcome("FAILED", run.record)
-    return outcome
+    state: BootState
+    problems: tuple[Problem, ...] | None = None
+    mode: Mode = Mode.NONE
+    container: ConvergeResult | None = None
 
 
-def _boot(run: _Run, context_file: Path | None) -> Outcome:
+# --------------------------------------------------------------------------- observe
+
+
+def observe(session: Session, context_file: Path | None) -> Facts:
+    """Read the context and config, the engine, discovery, then the image, GPU and toolkit
+    facts; stop at the first thing that blocks the node. Writes nothing (progress reports
+    aside)."""
+    facts = _observe_inputs(session, context_file)
+    for step in (_observe_engine, _observe_discovery, _observe_node):
+        if facts.blocking:
+            return facts
+        facts = step(session, facts)
+    return facts
+
+
+def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
     from agent.inputs import read_inputs
 
     try:
-        inputs = run.timed("context", read_inputs, run.root, context_file)
+        inputs = session.timed("context", read_inputs, session.root, context_file)
     except AgentError as exc:
-        return _finish(run, "INVALID", exc.problems)
-    run.record["context_source"] = inputs.context.source
-    run.reporter = _reporter(run, inputs)
-    run.report("BOOTING", facts=_static_facts(inputs.result.config))
+        return Facts(Platform(), None, blocking=exc.problems, invalid_config=True)
+    session.progress = Progress(_reporter(session, inputs), session.options)
     config = inputs.result.config
+    session.progress.report(BootState.BOOTING, facts=_static_facts(config))
+    facts = Facts(inputs.platform, config, inputs.context.source)
     if config is None:
-        return _finish(run, "INVALID", inputs.result.problems)
-    run.record["flower_version"] = config.flower_version
-    run.report("CONFIGURING")
+        return replace(facts, blocking=inputs.result.problems, invalid_config=True)
+    session.progress.report(BootState.CONFIGURING)
+    return facts
+
+
+def _observe_engine(session: Session, facts: Facts) -> Facts:
     try:
-        return _converge(run, config)
+        session.engine = session.timed("docker", _connect, session)
     except AgentError as exc:
-        return _finish(run, "FAILED", exc.problems)
+        return replace(facts, blocking=exc.problems)
+    return facts
 
 
-def _reporter(run: _Run, inputs):
-    """A OneGate reporter, also for an invalid config (only the OneGate variables are needed)."""
-    from agent.onegate import ReadyPolicy, Reporter
+def _observe_discovery(session: Session, facts: Facts) -> Facts:
+    from agent import discovery
 
-    config = inputs.result.config
-    if config is None:
-        keys = ("ONEGATE_ENDPOINT", "VMID")
-        subset = {k: inputs.context.variables.get(k, "") for k in keys}
-        config = build_config(subset, token=inputs.context.token).config
-    if config is None:
-        return None
-    ready = ReadyPolicy.from_variables(inputs.context.variables)
-    return Reporter.from_config(
-        config, run.root, total_timeout_s=run.options.onegate_timeout_s, ready=ready
+    assert facts.config is not None
+    pinned, pin_problem = discovery.read_pin(session.root)
+    if pin_problem is not None:
+        return replace(facts, blocking=(pin_problem,))
+    found = session.timed("discovery", _discover, session, facts.config, pinned)
+    return replace(
+        facts,
+        discovery=found,
+        blocking=found.problems,
+        pin=discovery.pin_update(found, pinned),
+        pin_path=str(discovery.pin_path(session.root)),
+        ca_host_path=str(session.root.path(discovery.CA_PATH)),
     )
 
 
+def _observe_node(session: Session, facts: Facts) -> Facts:
+    """The image, the data directory and (unless FL_GPU_ENABLED=NO) the GPU and toolkit."""
+    config = facts.config
+    assert config is not None
+    session.progress.report(BootState.VALIDATING)
+    try:
+        image = session.timed("image", _image, session, config.supernode_image)
+    except AgentError as exc:
+        return replace(facts, blocking=exc.problems)
+    data_dir = session.root.path(config.data_dir)
+    refused = _data_dir_refused(session.root, data_dir)
+    if refused is not None:
+        return replace(facts, blocking=(problem("data_dir_unusable", config.data_dir, refused),))
+    observed = None
+    if config.wants_gpu:
+        from agent import validation
+
+        observed = session.timed(
+            "observe", validation.observe, config, session.root, session.engine, image
+        )
+    return replace(
+        facts,
+        image=image,
+        observed=observed,
+        data_dir_host=str(data_dir),
+        data_dir_exists=data_dir.is_dir(),
+    )
+
+
+def _data_dir_refused(root: Root, path: Path) -> str | None:
+    """FL_DATA_DIR's rules (agent/config.py) again, on the path with its symlinks resolved."""
+    from agent.config import data_dir_problem
+
+    resolved = path.resolve()
+    try:
+        inside = "/" + str(resolved.relative_to(root.prefix.resolve()))
+    except ValueError:
+        return f"it resolves to {resolved}, outside the root {root.prefix}"
+    why = data_dir_problem(inside.rstrip("/") or "/")
+    return f"it resolves to {inside}: {why}" if why else None
+
+
+def _reporter(session: Session, inputs: Inputs):
+    """A OneGate reporter from the platform values: there even when the FL config is invalid;
+    READY=YES as one-context would send it (REPORT_READY, READY_SCRIPT)."""
+    from agent.onegate import ReadyPolicy, Reporter
+
+    total = session.options.onegate_timeout_s
+    ready = ReadyPolicy.from_variables(inputs.context.variables)
+    return Reporter.from_platform(inputs.platform, session.root, total_timeout_s=total, ready=ready)
+
+
 def _static_facts(config: Config | None) -> dict[str, str]:
+    from agent import __version__
+
     facts = {"FL_AGENT_VERSION": __version__}
     if config is not None:
         facts["FL_SUPERNODE_IMAGE"] = config.supernode_image
@@ -162,258 +337,244 @@ def _static_facts(config: Config | None) -> dict[str, str]:
     return facts
 
 
-def _converge(run: _Run, config: Config) -> Outcome:
-    from agent import supernode
+def _connect(session: Session):
+    """The engine; a dry run waits less and goes on without one (its plan then says so)."""
+    from agent import engine
 
-    client = run.timed("docker", _docker, run)
-    found = run.timed("discovery", _discover, run, config)
-    if found.problems:
-        return _finish(run, "FAILED", found.problems)
-    if not run.options.dry_run:
-        problem = run.timed("image", supernode.ensure_image, client, config.supernode_image)
-        if problem:
-            return _finish(run, "FAILED", (problem,))
-    run.report("VALIDATING")
-    verdict, gpu_facts = run.timed("validation", _validate, run, config, client)
-    plan = make_plan(
-        config,
-        PlanInputs(
-            gpu=verdict,
-            superlink=found.superlink_address,
-            node_config=found.node_config,
-            data_dir_host=str(run.root.path(config.data_dir)),
-            ca_host_path=found.ca_path,
-            image_user=supernode.image_user(client, config.supernode_image) if client else None,
-        ),
-    )
-    run.record["plan"] = plan.to_dict()
-    if run.options.dry_run:
-        return Outcome("PLANNED", run.record)
-    if plan.spec is None:
-        return _finish(run, "FAILED", plan.problems, gpu_facts)
-    _prepare_mounts(run.root, config)
-    run.report("STARTING")
-    result = run.timed("converge", _converge_with_retry, run, client, plan)
-    run.record["container"] = result.to_dict()
-    if not result.running:
-        return _finish(run, "FAILED", plan.problems + result.problems, gpu_facts)
-    degraded = plan.degraded or result.gpu_start_error is not None
-    problems = plan.problems + (
-        (_gpu_start_problem(result.gpu_start_error),) if result.gpu_start_error else ()
-    )
-    mode = result.spec.mode if result.spec else plan.mode
-    return _finish(run, "DEGRADED" if degraded else "RUNNING", problems, gpu_facts, mode=mode)
-
-
-def _docker(run: _Run):
-    from agent import supernode
-
-    timeout = (
-        min(run.options.docker_timeout_s, 5.0)
-        if run.options.dry_run
-        else run.options.docker_timeout_s
-    )
+    if not session.options.dry_run:
+        return engine.connect(timeout_s=session.options.docker_timeout_s)
     try:
-        return supernode.connect(timeout_s=timeout)
+        return engine.connect(timeout_s=min(session.options.docker_timeout_s, 5.0))
     except AgentError:
-        if run.options.dry_run:
-            return None
-        raise
+        return None
 
 
-@dataclass(frozen=True)
-class _Found:
-    superlink_address: str | None
-    node_config: str | None
-    ca_path: str | None
-    problems: tuple[Problem, ...] = ()
+def _image(session: Session, reference: str) -> ImageFacts:
+    """The image's facts, read once; absent when there is no engine to ask (a dry run)."""
+    from agent.engine import EngineError
+
+    if session.engine is None:
+        return ImageFacts(reference, False)
+    try:
+        return session.engine.image(reference)
+    except EngineError as exc:
+        raise AgentError(problem("docker_unavailable", "docker", exc.message[:200])) from None
 
 
-def _discover(run: _Run, config: Config) -> _Found:
-    """Static values first; OneGate only for what the context leaves empty (discovery decides)."""
+def _discover(session: Session, config: Config, pinned: Pin | None) -> Discovery:
+    """Static values first; OneGate only for what the context leaves empty (discovery decides);
+    an identity pinned at the first successful boot is kept (trust on first use)."""
     from agent import discovery
 
-    found = discovery.discover(
+    options = session.options
+    return discovery.discover(
         config,
-        run.reporter,
-        attempts=run.options.discovery_attempts,
-        interval_s=run.options.discovery_interval_s,
-        ca_attempts=run.options.ca_attempts,
-        ca_interval_s=run.options.ca_interval_s,
+        session.progress.reporter,
+        attempts=options.discovery_attempts,
+        interval_s=options.discovery_interval_s,
+        ca_attempts=options.ca_attempts,
+        ca_interval_s=options.ca_interval_s,
+        pinned=pinned,
     )
-    run.record["discovery"] = found.to_dict()
-    if found.problems:
-        return _Found(None, None, None, found.problems)
-    ca_path = None
-    if found.ca_pem:
-        ca_path = (
-            str(run.root.path(discovery.CA_PATH))
-            if run.options.dry_run
-            else str(discovery.write_ca(found.ca_pem, run.root))
-        )
-    return _Found(found.superlink_address, found.node_config, ca_path)
 
 
-def _validate(run: _Run, config: Config, client) -> tuple[GpuVerdict, object]:
-    """The staged validation's verdict (skipped outright when FL_GPU_ENABLED=NO).
+# --------------------------------------------------------------------------- evaluate
 
-    The first pass observes only; when it stops at the toolkit and the agent may install it,
-    the boot says INSTALLING_TOOLKIT, and a second pass repairs (installs, configures, restarts
-    the engine) and validates again.
-    """
-    if not config.wants_gpu:
-        run.record["validation"] = {"verdict": "CPU_ONLY", "mode": "CPU", "stages": []}
-        return GpuVerdict("CPU_ONLY"), None
+
+def evaluate(session: Session, facts: Facts) -> ValidationReport | None:
+    """The validation report over the observed facts (None when nothing was observed)."""
+    if facts.config is None or facts.observed is None:
+        return None
     from agent import validation
 
-    report = validation.validate(config, run.root, docker_client=client, repair=False)
-    repairable = report.failed_stage == "toolkit" and config.toolkit_install == "AUTO"
-    if repairable and not run.options.dry_run:
-        run.report("INSTALLING_TOOLKIT")
-        report = validation.validate(config, run.root, docker_client=client, repair=True)
-        run.report("VALIDATING")
-    run.record["validation"] = report.to_dict()
-    selected = tuple(report.selected) if report.selected else ()
-    verdict = GpuVerdict(report.verdict, selected, report.selected is None, report.problem)
-    return verdict, report.facts
+    return session.timed(
+        "validation", validation.evaluate, facts.config, facts.observed, session.engine
+    )
 
 
-def _converge_with_retry(run: _Run, client, plan: Plan):
-    """Converge; if the engine went away mid-boot, wait for it once and converge again."""
-    from docker.errors import APIError, DockerException
-    from requests.exceptions import ConnectionError as RequestsConnectionError
+# --------------------------------------------------------------------------- plan
 
-    from agent import supernode
 
-    for attempt in (1, 2):
+def plan_boot(facts: Facts, report: ValidationReport | None) -> Plan:
+    """make_plan over the facts; without a config only the record is left to do."""
+    if facts.config is None:
+        return Plan.nothing(facts.blocking)
+    return make_plan(facts.config, plan_inputs(facts, report))
+
+
+def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -> PlanInputs:
+    config = facts.config
+    assert config is not None
+    found = facts.discovery
+    ca_pem = found.ca_pem if found else None
+    return PlanInputs(
+        gpu=report.gpu if report else GpuVerdict(Verdict.CPU_ONLY),
+        superlink=found.superlink_address if found else None,
+        node_config=found.node_config if found else None,
+        data_dir_host=facts.data_dir_host,
+        image=facts.image or ImageFacts(config.supernode_image, False),
+        ca_pem=ca_pem,
+        ca_host_path=facts.ca_host_path if ca_pem else None,
+        data_dir_exists=facts.data_dir_exists,
+        pin_path=facts.pin_path if facts.pin else None,
+        validated=config.wants_gpu and report is not None,
+        blocking=facts.blocking,
+        **changes,
+    )
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport | None) -> Outcome:
+    """Perform the plan's actions, in order; the RECORD action ends every boot."""
+    if plan.has(ActionKind.PULL_IMAGE) or plan.has(ActionKind.INSTALL_TOOLKIT):
+        plan, facts, report = _prepare(session, plan, facts, report)
+    if plan.has(ActionKind.WRITE_VALIDATION) and report is not None:
+        from agent import validation
+
+        validation.write(session.root, report)
+    if plan.spec is None:
+        return _record(session, plan, facts, report, Ending(BootState.FAILED))
+    failed = _prepare_files(session, plan, facts)
+    if failed is not None:
+        ending = Ending(BootState.FAILED, (*plan.problems, failed))
+        return _record(session, plan, facts, report, ending)
+    session.progress.report(BootState.STARTING)
+    result = session.timed("converge", _converge, session, plan)
+    if not result.running:
+        ending = Ending(BootState.FAILED, plan.problems + result.problems, container=result)
+        return _record(session, plan, facts, report, ending)
+    problems = plan.problems + (facts.discovery.warnings if facts.discovery else ())
+    if result.gpu_start_error:
+        refusal = f"running on CPU: {result.gpu_start_error[:200]}"
+        problems += (problem("gpu_start_failed", plan.spec.name, refusal),)
+    if plan.has(ActionKind.WRITE_PIN) and facts.pin is not None:
+        from agent.discovery import write_pin
+
+        unpinned = write_pin(session.root, facts.pin)
+        problems += (unpinned,) if unpinned else ()
+    degraded = plan.degraded or result.gpu_start_error is not None
+    state = BootState.DEGRADED if degraded else BootState.RUNNING
+    mode = result.spec.mode if result.spec else plan.mode
+    return _record(session, plan, facts, report, Ending(state, problems, mode, result))
+
+
+def _prepare(
+    session: Session, plan: Plan, facts: Facts, report: ValidationReport | None
+) -> tuple[Plan, Facts, ValidationReport | None]:
+    """The actions that change what observe saw (the image pull, the toolkit install); then
+    the validation resumes where it waited and the same make_plan decides over the new facts.
+    """
+    from agent import engine, toolkit, validation
+
+    config, observed = facts.config, facts.observed
+    assert config is not None and session.engine is not None
+    if plan.has(ActionKind.PULL_IMAGE):
+        failed = session.timed("image", engine.pull, session.engine, config.supernode_image)
+        if failed is not None:
+            facts = replace(facts, blocking=(failed,))
+            return make_plan(config, plan_inputs(facts, report)), facts, report
+        image = _image(session, config.supernode_image)
+        facts = replace(facts, image=image)
+        observed = replace(observed, image=image) if observed else None
+    repaired = None
+    if plan.has(ActionKind.INSTALL_TOOLKIT):
+        session.progress.report(BootState.INSTALLING_TOOLKIT)
+        repaired = session.timed(
+            "toolkit",
+            toolkit.ensure,
+            config,
+            session.root,
+            gpu_present=True,
+            engine=session.engine,
+        )
+        session.progress.report(BootState.VALIDATING)
+    facts = replace(facts, observed=observed)
+    if plan.resume_from is not None and report is not None and observed is not None:
+        report = session.timed(
+            "validation_resumed",
+            validation.resume,
+            config,
+            report,
+            observed,
+            session.engine,
+            plan.resume_from,
+            repaired=repaired,
+        )
+    inputs = plan_inputs(facts, report, toolkit_tried=repaired is not None)
+    return make_plan(config, inputs), facts, report
+
+
+def _prepare_files(session: Session, plan: Plan, facts: Facts) -> Problem | None:
+    """The CA and the data directory the container mounts; a failure is a problem."""
+    from agent.discovery import write_ca
+
+    config = facts.config
+    assert config is not None
+    if plan.has(ActionKind.WRITE_CA):
+        assert facts.discovery is not None and facts.discovery.ca_pem
         try:
-            return supernode.converge(
-                client, plan.spec, fallback=plan.fallback, stability_s=run.options.stability_s
-            )
-        except (RequestsConnectionError, DockerException) as exc:
-            if (
-                isinstance(exc, APIError)
-                and exc.response is not None
-                and attempt == 1
-                and exc.response.status_code < 500
-            ):
-                raise AgentError(
-                    Problem(
-                        "container_start_failed",
-                        plan.spec.name,
-                        str(exc)[:300],
-                        "check the image and its arguments",
-                    )
-                ) from None
-            if attempt == 2:
-                raise AgentError(
-                    Problem(
-                        "docker_unavailable",
-                        "docker",
-                        str(exc)[:300],
-                        "check `systemctl status docker`",
-                    )
-                ) from None
-            run.logger.warning("docker engine went away, waiting", error=str(exc)[:200])
-            client = supernode.connect(timeout_s=run.options.docker_timeout_s)
-    raise AssertionError("unreachable")
+            write_ca(facts.discovery.ca_pem, session.root)
+        except OSError as exc:
+            return problem("ca_write_failed", str(exc.filename or "ca.pem"), str(exc.strerror))
+    if plan.has(ActionKind.PREPARE_DATA_DIR):
+        try:
+            _prepare_data_dir(Path(facts.data_dir_host))
+        except OSError as exc:
+            return problem("data_dir_unusable", config.data_dir, str(exc.strerror or exc))
+    return None
 
 
-def _prepare_mounts(root: Root, config: Config) -> None:
-    """The data directory must exist for the bind mount; readable by the image's user."""
-    data = root.path(config.data_dir)
+def _prepare_data_dir(path: Path) -> None:
+    """The data directory must exist for the bind mount: created (0755, readable by the
+    image's user) when absent; a directory the agent did not create is never chmod-ed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        data.mkdir(parents=True, exist_ok=True)
-        data.chmod(data.stat().st_mode | 0o055)
-    except OSError as exc:
-        raise AgentError(
-            Problem(
-                "data_dir_unusable",
-                config.data_dir,
-                f"cannot prepare the data directory: {exc.strerror or exc}",
-                "FL_DATA_DIR must be a directory on a writable file system",
-            )
-        ) from None
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        if path.is_dir():
+            return  # created since observe looked: someone else's, left as it is
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
+    path.chmod(0o755)  # mkdir's mode went through the umask
 
 
-def _gpu_start_problem(message: str) -> Problem:
-    return Problem(
-        "gpu_start_failed",
-        "flower-supernode",
-        f"the engine refused the GPU request, running on CPU: {message[:200]}",
-        "run `fl-agent validate`; install the NVIDIA Container Toolkit, restart Docker",
+def _converge(session: Session, plan: Plan) -> ConvergeResult:
+    from agent import engine
+
+    assert plan.spec is not None and session.engine is not None
+    return engine.converge(
+        session.engine,
+        plan.spec,
+        fallback=plan.fallback,
+        stability_s=session.options.stability_s,
+        reconnect_s=session.options.docker_timeout_s,
     )
 
 
-def _finish(run: _Run, state: str, problems, gpu_facts=None, mode: str | None = None) -> Outcome:
-    """The terminal record: state file, appliance report, OneGate (READY only when running)."""
-    problems = tuple(problems)
-    run.record.update(
-        state=state if state != "INVALID" else "FAILED",
-        invalid_config=state == "INVALID",
-        mode=mode or "NONE",
-        finished_at=_now(),
-        problems=[p.to_dict() for p in problems],
-    )
-    run.record["timings_ms"]["total"] = round((time.monotonic() - run.started) * 1000, 1)
-    outcome = Outcome(state, run.record)
-    if run.options.dry_run:
-        return outcome
-    _write_outputs(run, problems, gpu_facts, mode)
-    return outcome
-
-
-def _write_outputs(run: _Run, problems, gpu_facts, mode) -> None:
+def _record(
+    session: Session, plan: Plan, facts: Facts, report: ValidationReport | None, ending: Ending
+) -> Outcome:
+    """The terminal record: OneGate (READY only when running), state file, appliance report."""
     from agent import appliance
+    from agent.outcome import READY
+    from agent.record import gpu_attributes
     from agent.state import write_state
 
-    terminal = run.record["state"]
-    running = terminal in ("RUNNING", "DEGRADED")
-    error = (problems[0].name, problems[0].message) if problems else None
-    facts = _gpu_attributes(gpu_facts, mode, run.record.get("validation"))
-    run.report(terminal, facts=facts, error=error, ready=running)
-    problem = write_state(run.root, run.record)
-    if problem:  # the node is unaffected; say so in the log and in the outcome printed
-        run.logger.error("state not written", problem=problem.name, detail=str(problem))
-        run.record["problems"].append(problem.to_dict())
+    record = session.outcome(plan, facts, report, ending).record
+    state = ending.state
+    error = (record.problems[0].name, record.problems[0].message) if record.problems else None
+    gpu = report.facts if report else None
+    attrs = gpu_attributes(gpu, ending.mode, record.validation)
+    session.progress.report(state, facts=attrs, error=error, ready=state in READY)
+    record = replace(record, last_reported_state=session.progress.last)
+    failed = write_state(session.root, record.to_dict())
+    if failed:  # the node is unaffected; say so in the log and in the outcome printed
+        log.get("boot").error("state not written", problem=failed.name, detail=str(failed))
+        record = record.with_problem(failed)
     try:
-        appliance.write_service_report(run.root, run.record)
-        (appliance.mark_ready if running else appliance.clear_ready)(run.root)
+        appliance.write_service_report(session.root, record.to_dict())
+        (appliance.mark_ready if state in READY else appliance.clear_ready)(session.root)
     except OSError as exc:
-        run.logger.error("appliance report not written", error=exc.strerror or str(exc))
-
-
-def _gpu_attributes(gpu_facts, mode: str | None, validation: dict | None) -> dict[str, str]:
-    """The FL_GPU_* facts OneGate carries, from the validation's GPU inventory.
-
-    Lists are joined with ';' (a comma would force base64 through OneGate's escaping).
-    """
-    verdict = (validation or {}).get("verdict", "CPU_ONLY")
-    failed = (validation or {}).get("failed_stage")
-    attrs = {
-        "FL_GPU_MODE": "GPU" if mode == "GPU" else "CPU",
-        "FL_VALIDATION": f"FAILED:{failed}" if verdict == "FAILED" and failed else verdict,
-        "FL_GPU_COUNT": "0",
-    }
-    nvml = getattr(gpu_facts, "nvml", None)
-    gpus = [g for g in getattr(nvml, "gpus", ()) if g.uuid]
-    if not gpus:
-        return attrs
-    cuda = nvml.cuda_driver_version
-    selected = (validation or {}).get("selected")
-    attrs.update(
-        FL_GPU_COUNT=str(len(selected) if selected else len(gpus)),
-        FL_GPU_NAMES=";".join(g.name or "unknown" for g in gpus),
-        FL_GPU_UUIDS=";".join(g.uuid for g in gpus),
-        FL_GPU_MEMORY_MIB=";".join(str((g.memory_total or 0) // 2**20) for g in gpus),
-        FL_DRIVER_VERSION=nvml.driver_version or "",
-        FL_CUDA_VERSION=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else "",
-        FL_MIG=";".join(_mig_label(g) for g in gpus),
-    )
-    return {k: v for k, v in attrs.items() if v != ""}
-
-
-def _mig_label(gpu) -> str:
-    if gpu.mig_mode is None:
-        return "UNSUPPORTED"
-    return "ENABLED" if gpu.mig_mode else "DISABLED"
+        log.get("boot").error("appliance report not written", error=exc.strerror or str(exc))
+    return Outcome(record, plan)

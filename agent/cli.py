@@ -7,7 +7,6 @@ needs them, so `fl-agent --help` and `fl-agent context` start fast.
 from __future__ import annotations
 
 import argparse
-import enum
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -15,19 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.outcome import BootState, ExitCode, exit_code
 from agent.terminal import escape_all, escape_controls
 
 SECRET_VARIABLES = ("ONEGATE_TOKEN", "TOKENTXT")
-
-
-class ExitCode(enum.IntEnum):
-    """One table of exit codes for every command (documented in the README)."""
-
-    OK = 0  # RUNNING / valid / verdict as asked
-    FAILED = 1  # FAILED, or a verdict other than what the config asks for
-    INVALID = 2  # invalid context or configuration
-    DEGRADED = 3  # running on CPU after a GPU failure
-    NOT_BUILT = 4  # a command whose issue has not landed yet
 
 
 def _emit(data: object, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -114,11 +104,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         ca_interval_s=args.discovery_interval / 2,
     )
     outcome = boot(_root(args), args.context_file, options)
-    record = outcome.record
-    if args.dry_run:
-        _emit(record, args.json, _plan_text)
-        return ExitCode.INVALID if outcome.state == "INVALID" else ExitCode.OK
-    _emit(record, args.json, _outcome_text)
+    _emit(outcome.record.to_dict(), args.json, _plan_text if args.dry_run else _outcome_text)
     return outcome.exit_code
 
 
@@ -136,7 +122,9 @@ def _plan_text(record: dict) -> str:
         ]
         if spec["gpu_count"] == -1 or spec["gpu_device_ids"]:
             lines.append(f"gpus: {spec['gpu_device_ids'] or 'all'}")
+    lines.append("actions: " + ", ".join(a["kind"] for a in plan["actions"]))
     lines += [f"problem: {p['subject']}: {p['message']}" for p in plan["problems"]]
+    lines.append(f"would end: {record['state']}")
     return "\n".join(lines) + "\n"
 
 
@@ -162,11 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.remote:
         data["remote"] = _remote_status(root, args.context_file)
     _emit(data, args.json, _status_text)
-    if record is None:
+    if record is None or record.get("state") not in tuple(BootState):
         return ExitCode.FAILED
-    return {"RUNNING": ExitCode.OK, "DEGRADED": ExitCode.DEGRADED}.get(
-        record.get("state"), ExitCode.FAILED
-    )
+    return exit_code(BootState(record["state"]))
 
 
 def _remote_status(root, context_file: Path | None) -> dict:
@@ -175,10 +161,7 @@ def _remote_status(root, context_file: Path | None) -> dict:
     from agent.onegate import remote_status
 
     try:
-        inputs = read_inputs(root, context_file)
-        if inputs.result.config is None:
-            return {"error": "invalid context: run `fl-agent context`"}
-        return remote_status(inputs.result.config, root)
+        return remote_status(read_inputs(root, context_file).platform, root)
     except AgentError as exc:
         return {"error": str(exc.first)}
 
@@ -318,7 +301,7 @@ def cmd_dev_char_links(args: argparse.Namespace) -> int:
         "ctk_output": result.ctk_output,
         "problem": result.problem.to_dict() if result.problem else None,
     }
-    _emit(data, args.json, lambda: _dev_char_text(data))
+    _emit(data, args.json, _dev_char_text)
     return ExitCode.FAILED if result.problem else ExitCode.OK
 
 
@@ -352,7 +335,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
     if config is None:
         return _report_problems(inputs.result.problems, args.json)
     pinned, pin_problem = read_pin(root)
-    reporter = Reporter.from_config(config, root, total_timeout_s=args.timeout)
+    reporter = Reporter.from_platform(inputs.platform, root, total_timeout_s=args.timeout)
     found = discover(config, reporter, attempts=1, interval_s=0, ca_attempts=1, ca_interval_s=0)
     published = found.learned or Pin()
     differs = pinned is not None and _pin_differs(pinned, published)

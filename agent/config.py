@@ -18,12 +18,10 @@ import base64
 import binascii
 import ipaddress
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from agent import flower
-from agent.context import Secret
 from agent.errors import Problem
 
 DEFAULT_DATA_DIR = "/opt/flower/data"
@@ -145,10 +143,6 @@ class Config:
     ssl_ca_cert: str | None = None  # PEM text, decoded from base64
     toolkit_install: str = "AUTO"  # AUTO | NEVER
     data_dir: str = DEFAULT_DATA_DIR
-    onegate_endpoint: str | None = None
-    vmid: str | None = None
-    token: Secret | None = field(default=None, repr=False, compare=False)
-    report_ready: bool = False
 
     @property
     def wants_gpu(self) -> bool:
@@ -167,9 +161,7 @@ class Config:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "token":
-                value = "***" if value else None
-            elif f.name == "cuda_visible_devices" and value is not None:
+            if f.name == "cuda_visible_devices" and value is not None:
                 value = [str(v) for v in value]
             elif f.name == "ssl_ca_cert" and value:
                 value = f"<PEM, {len(value)} bytes>"
@@ -241,7 +233,6 @@ class _Reader:
 def build_config(
     variables: Mapping[str, str],
     *,
-    token: Secret | None = None,
     baked_flower_version: str = flower.DEFAULT_FLOWER_VERSION,
 ) -> ConfigResult:
     """Validate every variable; return the Config (None when any problem) and all problems."""
@@ -264,9 +255,6 @@ def build_config(
         "ssl_ca_cert": _ca_cert(r),
         "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
         "data_dir": _data_dir(r),
-        "onegate_endpoint": _endpoint(r, variables.get("ONEGATE_ENDPOINT", "")),
-        "vmid": _vmid(r, variables.get("VMID", "")),
-        "report_ready": variables.get("REPORT_READY", "").strip().upper() == "YES",
     }
     if values["gpu_enabled"] == "NO" and values["gpu_required"]:
         r.problems.append(
@@ -277,9 +265,8 @@ def build_config(
                 "set FL_GPU_ENABLED to YES or AUTO, or FL_GPU_REQUIRED to NO",
             )
         )
-    _token(r, token)
     problems = tuple(r.problems)
-    config = None if problems else Config(token=token, **values)
+    config = None if problems else Config(**values)
     return ConfigResult(config, problems, dict(r.sources))
 
 
@@ -292,21 +279,6 @@ def _flower_version(r: _Reader, baked: str) -> str:
         r.bad("FLOWER_VERSION", raw, f"X.Y.Z from {flower.supported_range()}")
         return baked
     return version
-
-
-def _token(r: _Reader, token: Secret | None) -> None:
-    """The OneGate token goes into an HTTP header: printable ASCII only, never echoed."""
-    if token is None or all(" " <= ch <= "~" for ch in token.reveal()):
-        return
-    r.problems.append(
-        Problem(
-            "invalid_value",
-            "ONEGATE_TOKEN",
-            "the OneGate token holds characters other than printable ASCII (value not shown)",
-            "accepted: the token OpenNebula generated (token.txt of the context CD); check "
-            "that nothing rewrote it",
-        )
-    )
 
 
 def _image(r: _Reader, version: str) -> str:
@@ -441,6 +413,8 @@ def validate_node_config(text: str) -> str | None:
     odd = next((k for k, _ in pairs if not _TOML_KEY.fullmatch(k)), None)
     if odd is not None:
         return f"{odd[:40]!r} is not a TOML key (letters, digits, '_', '-', dotted)"
+    import tomllib  # ~8 ms: only when a node config is given
+
     try:
         tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs))
     except tomllib.TOMLDecodeError as exc:
@@ -547,50 +521,4 @@ def data_dir_problem(path: str) -> str | None:
     )
     if tree is not None:
         return f"the path is in {tree}, which the system, Docker or the agent own"
-    return None
-
-
-def _endpoint(r: _Reader, raw: str) -> str | None:
-    if raw.strip() == "":
-        return None
-    reason = endpoint_error(raw.strip())
-    if reason is None:
-        return raw.strip().rstrip("/")
-    r.problems.append(
-        Problem(
-            "invalid_value",
-            "ONEGATE_ENDPOINT",
-            f"invalid value {raw!r}: {reason}",
-            "accepted: http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
-        )
-    )
-    return None
-
-
-def endpoint_error(url: str) -> str | None:
-    """Why the HTTP stack would refuse `url` as the OneGate endpoint (None: it would not)."""
-    import urllib.parse
-
-    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-        return "not http(s)://host[:port]"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
-    except ValueError as exc:
-        return str(exc)
-    host = parts.hostname or ""
-    if not host or (":" not in host and not all(0 < len(x) <= 63 for x in host.split("."))):
-        return f"host {host!r} is not a host name or address"
-    return None
-
-
-def _vmid(r: _Reader, raw: str) -> str | None:
-    if raw.strip() == "":
-        return None
-    if re.fullmatch(r"[0-9]{1,10}", raw.strip()):
-        return raw.strip()
-    shown = repr(raw if len(raw) <= 40 else raw[:37] + "...")
-    r.problems.append(
-        Problem("invalid_value", "VMID", f"invalid value {shown}", "accepted: a VM id (digits)")
-    )
     return None

@@ -31,17 +31,15 @@ RLIMIT_REFUSED = "error setting rlimit"
 
 @dataclass(frozen=True)
 class ContainerResources:
-    shm_size: int  # bytes, for the docker SDK's `shm_size`
+    shm_size: int  # bytes (the Engine API's HostConfig.ShmSize)
     ulimits: tuple[tuple[str, int, int], ...]  # (name, soft, hard)
     why: str
 
-    def docker_kwargs(self) -> dict:
-        """`shm_size` and `ulimits` as docker-py's containers.create() takes them."""
-        from docker.types import Ulimit
-
+    def host_config(self) -> dict:
+        """`ShmSize` and `Ulimits` as the Engine API's HostConfig takes them (agent/engine.py)."""
         return {
-            "shm_size": self.shm_size,
-            "ulimits": [Ulimit(name=n, soft=s, hard=h) for n, s, h in self.ulimits],
+            "ShmSize": self.shm_size,
+            "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in self.ulimits],
         }
 
     def without_ulimits(self) -> ContainerResources:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError, Problem
 from agent.paths import Root
+
+if TYPE_CHECKING:
+    from agent.command import RunResult
 
 MAX_CONTEXT_BYTES = 4 * 1024 * 1024
 MAX_TOKEN_BYTES = 4096
@@ -63,6 +65,86 @@ class Context:
     source: str
     token: Secret | None = field(default=None, compare=False)
     token_source: str | None = None
+
+    @property
+    def platform(self) -> Platform:
+        return read_platform(self.variables, self.token)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What OpenNebula gives every VM beside the FL configuration: OneGate's endpoint, the VM
+    id, the token and REPORT_READY. Read even when FL_* values are invalid, so that such a
+    boot can still report FAILED. An invalid value is left out (None) and named in `problems`.
+    """
+
+    onegate_endpoint: str | None = None
+    vmid: str | None = None
+    token: Secret | None = field(default=None, repr=False, compare=False)
+    report_ready: bool = False
+    problems: tuple[Problem, ...] = ()
+
+
+def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
+    """The platform values, each checked: an invalid one is left out and named."""
+    problems: list[Problem] = []
+    endpoint = variables.get("ONEGATE_ENDPOINT", "").strip() or None
+    reason = endpoint_error(endpoint) if endpoint is not None else None
+    if reason is not None:
+        problems.append(
+            _invalid(
+                "ONEGATE_ENDPOINT",
+                variables["ONEGATE_ENDPOINT"],
+                "http(s)://host:port, as oned.conf's ONEGATE_ENDPOINT",
+                reason,
+            )
+        )
+        endpoint = None
+    vmid = variables.get("VMID", "").strip() or None
+    if vmid is not None and not re.fullmatch(r"[0-9]{1,10}", vmid):
+        problems.append(_invalid("VMID", variables["VMID"], "a VM id (digits)"))
+        vmid = None
+    if token is not None and not all(" " <= ch <= "~" for ch in token.reveal()):
+        problems.append(
+            Problem(
+                "invalid_value",
+                "ONEGATE_TOKEN",
+                "the OneGate token holds characters other than printable ASCII (value not shown)",
+                "accepted: the token OpenNebula generated (token.txt of the context CD); check "
+                "that nothing rewrote it",
+            )
+        )
+        token = None  # it goes into an HTTP header: never a broken one
+    return Platform(
+        onegate_endpoint=endpoint.rstrip("/") if endpoint else None,
+        vmid=vmid,
+        token=token,
+        report_ready=variables.get("REPORT_READY", "").strip().upper() == "YES",
+        problems=tuple(problems),
+    )
+
+
+def endpoint_error(url: str) -> str | None:
+    """Why the HTTP stack would refuse `url` as the OneGate endpoint (None: it would not)."""
+    import urllib.parse
+
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        return "not http(s)://host[:port]"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        return str(exc)
+    host = parts.hostname or ""
+    if not host or (":" not in host and not all(0 < len(x) <= 63 for x in host.split("."))):
+        return f"host {host!r} is not a host name or address"
+    return None
+
+
+def _invalid(name: str, raw: str, accepted: str, why: str = "") -> Problem:
+    shown = repr(raw if len(raw) <= 40 else raw[:37] + "...")
+    message = f"invalid value {shown}" + (f": {why}" if why else "")
+    return Problem("invalid_value", name, message, f"accepted: {accepted}")
 
 
 def _problem(line: int, message: str, source: str) -> AgentError:
@@ -197,11 +279,13 @@ def render_context(variables: dict[str, str]) -> str:
 
 # --- sources ---
 
-Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
+Runner = Callable[[Sequence[str]], "RunResult"]
 
 
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+def _run(argv: Sequence[str]) -> RunResult:
+    from agent.command import run_command
+
+    return run_command(argv, timeout=30, merge_stderr=False)
 
 
 def load_context(
@@ -287,24 +371,20 @@ def find_context_device(candidates: Sequence[str] = (), *, runner: Runner = _run
     does); with candidates, probe each one's label.
     """
     if not candidates:
-        try:
-            found = runner(["blkid", "-l", "-t", f"LABEL={CONTEXT_LABEL}", "-o", "device"])
-        except (OSError, subprocess.SubprocessError):
-            return None
-        devices = [d for d in found.stdout.split() if not d.startswith("/dev/loop")]
+        found = runner(["blkid", "-l", "-t", f"LABEL={CONTEXT_LABEL}", "-o", "device"])
+        devices = [d for d in found.output.split() if not d.startswith("/dev/loop")]
         return devices[0] if found.returncode == 0 and devices else None
     for device in candidates:
-        try:
-            probe = runner(["blkid", "-o", "value", "-s", "LABEL", device])
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0 and probe.stdout.strip() == CONTEXT_LABEL:
+        probe = runner(["blkid", "-o", "value", "-s", "LABEL", device])
+        if probe.returncode == 0 and probe.output.strip() == CONTEXT_LABEL:
             return device
     return None
 
 
 def _from_cd(root: Root, device: str, runner: Runner) -> Context:
     """Mount the context CD read-only, read context.sh and token.txt, always unmount."""
+    import tempfile
+
     mount_dir = Path(tempfile.mkdtemp(prefix="fl-agent-context."))
     try:
         mounted = runner(["mount", "-o", "ro", device, str(mount_dir)])

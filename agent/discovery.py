@@ -1,10 +1,10 @@
 """SuperLink address, TLS trust and partition id, found through OneGate when not configured.
 
-What a OneFlow service offers (../shared/reference/opennebula.md 3.5, peer-appliance.md rows
-4 to 6 and 15): `GET /service` lists roles and their VM ids; `GET /vms/<id>` gives a peer's
-USER_TEMPLATE (where a SuperLink appliance publishes FL_ENDPOINT, FL_TLS, FL_CA_CERT, FL_READY)
-and its NICs. The SuperLink may still be booting when a SuperNode asks, so every lookup is
-retried a bounded number of times; attempts, intervals and the sleep are parameters.
+What a OneFlow service offers (docs/onegate.md; OpenNebula/one's onegate-server.rb):
+`GET /service` lists roles and their VM ids; `GET /vms/<id>` gives a peer's USER_TEMPLATE
+(where a SuperLink appliance publishes FL_ENDPOINT, FL_TLS, FL_CA_CERT, FL_READY) and its NICs.
+The SuperLink may still be booting when a SuperNode asks, so every lookup is retried a bounded
+number of times; attempts, intervals and the sleep are parameters.
 
 The CA certificate is checked by agent/tls.py. Trust on first use: the SuperLink endpoint and
 CA learned through OneGate are pinned at the first successful boot (`pin_update`, written by
@@ -32,6 +32,7 @@ from agent.atomicfile import write_atomic
 from agent.config import parse_host_port
 from agent.errors import AgentError, Problem
 from agent.onegate import BASE64_SUFFIX, OneGateError, decode_attributes
+from agent.outcome import problem
 from agent.paths import Root
 
 SUPERLINK_ROLE = "superlink"
@@ -376,7 +377,7 @@ class _Run:
     def _partition(self, service: _Service) -> None:
         """This VM's index among its role's VM ids in order: new VMs get higher ids, so a
         node keeps its partition when the role scales up."""
-        me = int(self.config.vmid)
+        me = int(self.reporter.vmid)
         role = next((r for r, (ids, _) in service.roles.items() if me in ids), None)
         if role is None:
             raise _Pending(f"VM {me} is not yet listed in a role of service {service.name!r}")
@@ -565,13 +566,7 @@ def _not_yet_listed(exc: OneGateError) -> bool:
 
 
 def _not_found(message: str) -> Problem:
-    return Problem(
-        "superlink_not_found",
-        "FL_SUPERLINK_ADDRESS",
-        message,
-        "set FL_SUPERLINK_ADDRESS, or deploy the VM in a OneFlow service with a "
-        f"{SUPERLINK_ROLE!r} role whose VM publishes FL_ENDPOINT",
-    )
+    return problem("superlink_not_found", "FL_SUPERLINK_ADDRESS", message)
 
 
 def _says_yes(template: dict[str, str], *names: str) -> bool:

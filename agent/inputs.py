@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent import flower
 from agent.config import ConfigResult, build_config
-from agent.context import Context, load_context
+from agent.context import Context, Platform, load_context
 from agent.paths import Root
 
 BAKED_VERSION_FILE = "/etc/fl-agent/flower-version"
@@ -16,7 +16,8 @@ BAKED_VERSION_FILE = "/etc/fl-agent/flower-version"
 @dataclass(frozen=True)
 class Inputs:
     context: Context
-    result: ConfigResult
+    platform: Platform  # always there, even when the config is invalid
+    result: ConfigResult  # invalid also when a platform value is
 
 
 def baked_flower_version(root: Root) -> str:
@@ -29,9 +30,11 @@ def baked_flower_version(root: Root) -> str:
 
 
 def read_inputs(root: Root, context_file: Path | None = None) -> Inputs:
-    """Context -> validated config. Raises AgentError only when no context can be read."""
+    """Context -> platform and validated config. Raises AgentError only when no context can be
+    read."""
     context = load_context(root, context_file)
-    result = build_config(
-        context.variables, token=context.token, baked_flower_version=baked_flower_version(root)
-    )
-    return Inputs(context, result)
+    platform = context.platform
+    result = build_config(context.variables, baked_flower_version=baked_flower_version(root))
+    if platform.problems:
+        result = ConfigResult(None, result.problems + platform.problems, result.sources)
+    return Inputs(context, platform, result)

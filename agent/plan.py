@@ -1,7 +1,13 @@
-"""The plan: GPU or CPU and why, and the SuperNode container spec. A pure function of its inputs.
+"""The plan: GPU or CPU and why, the SuperNode container spec, and the actions that get there.
 
-Nothing here touches the system. `boot` gathers the facts (validation verdict, discovery,
-image user, host paths) and hands them over as plain values; tests build them by hand.
+A pure function of its inputs: nothing here touches the system. `boot` observes the facts
+(validation verdict, discovery, the image, host paths) and hands them over as plain values;
+tests build them by hand. GPU or CPU is decided here and only here: the validation reports
+what works, the engine falls back to the plan's CPU spec when it refuses the GPU request.
+
+When the GPU path waits for an action (the toolkit install, the image pull) the plan runs that
+action first and resumes the validation from the stage that waits (`Plan.resume_from`):
+the GPU spec then runs when the resumed validation passes, else its CPU fallback.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from agent import __version__, flower
 from agent.config import Config
 from agent.errors import Problem
+from agent.outcome import BootState, Mode, Verdict, problem
 
 CONTAINER_NAME = "flower-supernode"
 CONTAINER_USER = "49999:49999"
@@ -31,12 +39,47 @@ LABEL_MODE = "fl-agent.mode"
 
 @dataclass(frozen=True)
 class GpuVerdict:
-    """What the validation decided, reduced to what the plan needs."""
+    """What the validation found, reduced to what the plan needs."""
 
-    verdict: str  # PASSED | FAILED | CPU_ONLY
+    verdict: Verdict
     uuids: tuple[str, ...] = ()  # the GPUs (or MIG devices) to hand to the container
     request_all: bool = True  # FL_CUDA_VISIBLE_DEVICES=all: count -1, else device_ids
     problem: Problem | None = None  # why it FAILED
+    failed_stage: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """The SuperNode image as the engine has it, read once per boot."""
+
+    reference: str
+    present: bool
+    user: str | None = None  # Config.User ("" when the image names none); None when absent
+    env: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "present": self.present, "user": self.user}
+
+
+class ActionKind(StrEnum):
+    PULL_IMAGE = "pull_image"
+    INSTALL_TOOLKIT = "install_toolkit"  # then the validation resumes from the toolkit stage
+    WRITE_VALIDATION = "write_validation"  # the stage markers and validation.json
+    WRITE_CA = "write_ca"
+    PREPARE_DATA_DIR = "prepare_data_dir"  # created when absent; never chmod-ed otherwise
+    CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
+    WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
+    RECORD = "record"  # state file, appliance report, OneGate's terminal report
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    target: str = ""  # the image, the path, the container
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": str(self.kind), "target": self.target}
 
 
 @dataclass(frozen=True)
@@ -53,7 +96,7 @@ class ContainerSpec:
     image: str
     command: tuple[str, ...]
     environment: tuple[tuple[str, str], ...]
-    mode: str  # GPU | CPU
+    mode: Mode  # GPU | CPU
     runtime: str | None  # None: the engine's default (GPU); "runc" forces CPU
     gpu_count: int | None = None  # -1 for all; None when device_ids or CPU
     gpu_device_ids: tuple[str, ...] = ()
@@ -77,7 +120,7 @@ class ContainerSpec:
             LABEL_MANAGED: "true",
             LABEL_HASH: self.spec_hash,
             LABEL_VERSION: __version__,
-            LABEL_MODE: self.mode,
+            LABEL_MODE: str(self.mode),
         }
 
     def to_dict(self) -> dict:
@@ -90,23 +133,45 @@ class ContainerSpec:
 
 @dataclass(frozen=True)
 class Plan:
-    """The decision: which spec to run, and what to fall back to when the GPU start fails."""
+    """The decision: which spec to run, what to fall back to, and the actions, in order."""
 
-    mode: str  # GPU | CPU | NONE (nothing can run)
+    mode: Mode  # NONE: nothing can run
     reason: str
     degraded: bool
     spec: ContainerSpec | None
     fallback: ContainerSpec | None = None  # CPU spec, when a GPU start failure may fall back
     problems: tuple[Problem, ...] = field(default=())
+    actions: tuple[Action, ...] = ()
+    resume_from: str | None = None  # the validation stage that runs again after an action
+
+    @classmethod
+    def nothing(cls, problems: tuple[Problem, ...]) -> Plan:
+        """No config to plan from: only the record is left to do."""
+        reason = problems[0].message if problems else "no configuration"
+        return cls(
+            Mode.NONE, reason, False, None, problems=problems, actions=(Action(ActionKind.RECORD),)
+        )
+
+    @property
+    def state(self) -> BootState:
+        """The state the boot ends in when every action does what it should."""
+        if self.spec is None:
+            return BootState.FAILED
+        return BootState.DEGRADED if self.degraded else BootState.RUNNING
+
+    def has(self, kind: ActionKind) -> bool:
+        return any(a.kind == kind for a in self.actions)
 
     def to_dict(self) -> dict:
         return {
-            "mode": self.mode,
+            "mode": str(self.mode),
             "reason": self.reason,
             "degraded": self.degraded,
             "spec": self.spec.to_dict() if self.spec else None,
             "fallback": self.fallback.to_dict() if self.fallback else None,
             "problems": [p.to_dict() for p in self.problems],
+            "actions": [a.to_dict() for a in self.actions],
+            "resume_from": self.resume_from,
         }
 
 
@@ -118,37 +183,108 @@ class PlanInputs:
     superlink: str | None
     node_config: str | None
     data_dir_host: str
+    image: ImageFacts
+    ca_pem: str | None = None  # to write to ca_host_path
     ca_host_path: str | None = None
-    image_user: str | None = None  # the image's Config.User
+    data_dir_exists: bool = True
+    pin_path: str | None = None  # where to pin the SuperLink's identity, when there is news
+    validated: bool = False  # a validation report exists (FL_GPU_ENABLED is not NO)
+    toolkit_tried: bool = False  # the toolkit install ran already: no second one
+    blocking: tuple[Problem, ...] = ()  # what stops the node before any spec (discovery)
 
 
 def make_plan(config: Config, inputs: PlanInputs) -> Plan:
-    """Decide GPU or CPU and build the container spec(s)."""
-    if not inputs.superlink:
-        problem = Problem(
-            "superlink_not_found",
-            "FL_SUPERLINK_ADDRESS",
-            "no SuperLink address: none configured and none discovered through OneGate",
-            "set FL_SUPERLINK_ADDRESS=host:port, or deploy the node in a OneFlow service "
-            "whose superlink role publishes FL_ENDPOINT",
+    """Decide GPU or CPU, build the container spec(s) and list the actions."""
+    validation = (Action(ActionKind.WRITE_VALIDATION),) if inputs.validated else ()
+    record = (Action(ActionKind.RECORD),)
+    blocking = inputs.blocking
+    if not blocking and not inputs.superlink:
+        none = "none configured and none discovered through OneGate"
+        blocking = (problem("superlink_not_found", "FL_SUPERLINK_ADDRESS", none),)
+    if blocking:
+        return Plan(
+            Mode.NONE,
+            blocking[0].message,
+            False,
+            None,
+            problems=blocking,
+            actions=validation + record,
         )
-        return Plan("NONE", problem.message, False, None, problems=(problem,))
+    decided = _decide(config, inputs)
+    resume = _resume_from(config, inputs)
+    if resume is not None:
+        gpu = _spec(config, inputs, True)
+        fallback = None if config.gpu_required else _spec(config, inputs, False)
+        why = f"GPU once the {resume} stage passes after the {_WAITS[resume]}"
+        decided = Plan(Mode.GPU, why, False, gpu, fallback)
+    return Plan(
+        decided.mode,
+        decided.reason,
+        decided.degraded,
+        decided.spec,
+        decided.fallback,
+        decided.problems,
+        _actions(config, inputs, decided, resume, validation) + record,
+        resume,
+    )
+
+
+_WAITS = {"toolkit": "toolkit install", "container": "image pull"}
+
+
+def _decide(config: Config, inputs: PlanInputs) -> Plan:
     cpu = _spec(config, inputs, gpu=False)
     verdict = inputs.gpu
-    if verdict.verdict == "PASSED":
+    if verdict.verdict == Verdict.PASSED:
         fallback = None if config.gpu_required else cpu
-        return Plan("GPU", "the GPU stack validated", False, _spec(config, inputs, True), fallback)
-    if verdict.verdict == "CPU_ONLY":
+        gpu = _spec(config, inputs, True)
+        return Plan(Mode.GPU, "the GPU stack validated", False, gpu, fallback)
+    if verdict.verdict == Verdict.CPU_ONLY:
         why = "FL_GPU_ENABLED=NO" if config.gpu_enabled == "NO" else "no NVIDIA GPU in this VM"
-        return Plan("CPU", why, False, cpu)
-    problem = verdict.problem or Problem("gpu_validation_failed", "validation", "GPU path failed")
+        return Plan(Mode.CPU, why, False, cpu)
+    failed = verdict.problem or problem("gpu_validation_failed", "validation")
     if config.gpu_required:
-        return Plan(
-            "NONE", f"FL_GPU_REQUIRED=YES and {problem.message}", False, None, problems=(problem,)
-        )
-    return Plan(
-        "CPU", f"GPU path failed, running on CPU: {problem.message}", True, cpu, problems=(problem,)
-    )
+        why = f"FL_GPU_REQUIRED=YES and {failed.message}"
+        return Plan(Mode.NONE, why, False, None, problems=(failed,))
+    why = f"GPU path failed, running on CPU: {failed.message}"
+    return Plan(Mode.CPU, why, True, cpu, problems=(failed,))
+
+
+def _resume_from(config: Config, inputs: PlanInputs) -> str | None:
+    """The stage the validation resumes from after an action, when the GPU path waits."""
+    verdict = inputs.gpu
+    if verdict.verdict != Verdict.FAILED:
+        return None
+    if (
+        verdict.failed_stage == "toolkit"
+        and config.toolkit_install == "AUTO"
+        and not inputs.toolkit_tried
+    ):
+        return "toolkit"
+    if verdict.failed_stage == "container" and not inputs.image.present:
+        return "container"
+    return None
+
+
+def _actions(
+    config: Config, inputs: PlanInputs, plan: Plan, resume: str | None, validation: tuple
+) -> tuple[Action, ...]:
+    if plan.spec is None:
+        return validation
+    actions = []
+    if not inputs.image.present:
+        actions.append(Action(ActionKind.PULL_IMAGE, config.supernode_image))
+    if resume == "toolkit":
+        actions.append(Action(ActionKind.INSTALL_TOOLKIT))
+    actions += validation
+    if config.tls_enabled and inputs.ca_pem and inputs.ca_host_path:
+        actions.append(Action(ActionKind.WRITE_CA, inputs.ca_host_path))
+    if not inputs.data_dir_exists:
+        actions.append(Action(ActionKind.PREPARE_DATA_DIR, inputs.data_dir_host))
+    actions.append(Action(ActionKind.CONVERGE, plan.spec.name))
+    if inputs.pin_path:
+        actions.append(Action(ActionKind.WRITE_PIN, inputs.pin_path))
+    return tuple(actions)
 
 
 def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
@@ -170,7 +306,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     env = {
         "FLWR_LOG_LEVEL": config.log_level,
         "FLWR_TELEMETRY_ENABLED": "0",
-        "FL_GPU_MODE": "GPU" if gpu else "CPU",
+        "FL_GPU_MODE": str(Mode.GPU if gpu else Mode.CPU),
     }
     if gpu:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
@@ -181,7 +317,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     else:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    user = None if numeric_non_root(inputs.image_user) else CONTAINER_USER
+    user = None if numeric_non_root(inputs.image.user) else CONTAINER_USER
     tmpfs: tuple[tuple[str, str], ...] = ()
     if user:
         env["HOME"] = FALLBACK_HOME
@@ -191,7 +327,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
         image=config.supernode_image,
         command=tuple(command),
         environment=tuple(sorted(env.items())),
-        mode="GPU" if gpu else "CPU",
+        mode=Mode.GPU if gpu else Mode.CPU,
         runtime=None if gpu else "runc",
         gpu_count=-1 if use_all else None,
         gpu_device_ids=inputs.gpu.uuids if gpu and not use_all else (),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.atomicfile import write_atomic
 from agent.errors import AgentError, Problem
+from agent.outcome import problem
 from agent.paths import Root
 
 STATE_FILE = "state.json"
@@ -43,12 +44,7 @@ def write_private_json(path: Path, data: dict, what: str) -> Problem | None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
     except OSError as exc:
-        return Problem(
-            "state_write_failed",
-            str(path),
-            f"could not write {what}: {exc.strerror or exc}",
-            "free space or fix permissions under /var/lib/fl-agent; the node itself is unaffected",
-        )
+        return problem("state_write_failed", str(path), f"{what}: {exc.strerror or exc}")
     return None
 
 
@@ -61,40 +57,43 @@ def read_state(root: Root) -> dict | None:
 
 
 @contextlib.contextmanager
-def boot_lock(root: Root, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
-    """Hold the boot lock; wait up to `wait_s` for another boot, then raise `boot_in_progress`."""
-    path = root.run_dir / LOCK_FILE
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise AgentError(
-            Problem(
-                "run_dir_unwritable",
-                str(path),
-                f"cannot create the boot lock: {exc.strerror or exc}",
-                "/run must be a writable tmpfs (check `findmnt /run`)",
-            )
-        ) from None
+def file_lock(path: Path, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[bool]:
+    """Hold an fcntl lock on `path`, waiting up to `wait_s`; yields whether it is held.
+
+    The kernel drops the lock when its holder dies: a killed process never leaves it behind.
+    OSError when the lock file cannot be created.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    raise AgentError(
-                        Problem(
-                            "boot_in_progress",
-                            str(path),
-                            "another fl-agent boot holds the lock",
-                            "wait for it to finish (systemctl status fl-agent)",
-                        )
-                    ) from None
+                    held = False
+                    break
                 time.sleep(poll_s)
-        yield
+        yield held
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def boot_lock(root: Root, *, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the boot lock; wait up to `wait_s` for another boot, then raise `boot_in_progress`."""
+    path = root.run_dir / LOCK_FILE
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(file_lock(path, wait_s=wait_s, poll_s=poll_s))
+        except OSError as exc:
+            detail = f"cannot create the boot lock: {exc.strerror or exc}"
+            raise AgentError(problem("run_dir_unwritable", str(path), detail)) from None
+        if not held:
+            raise AgentError(problem("boot_in_progress", str(path)))
+        yield

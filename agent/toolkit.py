@@ -1,7 +1,7 @@
 """The NVIDIA Container Toolkit: what is there (`detect`), and making it be there (`ensure`).
 
 Facts come from files under the Root (binaries on dockerd's PATH, the dpkg status file,
-daemon.json, the runtime's config.toml) and, when a client is given, from the engine.
+daemon.json, the runtime's config.toml) and, when an engine is given, from the engine.
 
 `ensure` is the one repair the validation makes. Each step is bounded in time and runs
 through an injectable `Runner`:
@@ -24,22 +24,23 @@ restart acts on the live machine, so it runs only for the root `/` or with an in
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import signal
-import subprocess
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import outcome
 from agent.atomicfile import write_atomic
+from agent.command import RunResult, run_command
 from agent.config import Config
 from agent.errors import Problem
 from agent.paths import Root
+from agent.state import file_lock
 
 NVIDIA_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
@@ -79,50 +80,10 @@ UNTRUSTED_FIX = (
 # --- running commands ---
 
 
-@dataclass(frozen=True)
-class RunResult:
-    returncode: int
-    output: str  # stdout and stderr together
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def tail(self, lines: int = 5) -> str:
-        return " | ".join(self.output.strip().splitlines()[-lines:])
-
-
 class Runner(Protocol):
     def __call__(
         self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
     ) -> RunResult: ...
-
-
-def run_command(
-    argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
-) -> RunResult:
-    """Run argv in its own process group; on timeout kill the whole group (apt spawns dpkg)."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-        )
-    except OSError as exc:
-        return RunResult(127, f"{argv[0]}: {exc.strerror}")
-    try:
-        out, _ = proc.communicate(timeout=max(timeout, 0.1))
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return RunResult(124, f"{out}\ntimed out after {timeout:.0f}s")
-    return RunResult(proc.returncode, out)
 
 
 # --- facts ---
@@ -172,7 +133,7 @@ class ToolkitFacts:
         return data
 
 
-def detect(root: Root, docker_client=None) -> ToolkitFacts:
+def detect(root: Root, engine=None) -> ToolkitFacts:
     """Observe the toolkit; never changes anything."""
     search = dockerd_search_path(root)
     ctk, hook = (_which(root, name, search) for name in (CTK, HOOK))
@@ -181,7 +142,7 @@ def detect(root: Root, docker_client=None) -> ToolkitFacts:
     nvidia = runtimes.get(RUNTIME_NAME) if isinstance(runtimes, dict) else None
     daemon_runtime = nvidia.get("path") if isinstance(nvidia, dict) else None
     default_runtime = daemon.get("default-runtime") if isinstance(daemon, dict) else None
-    engine_runtimes, engine_problem = _engine_runtimes(docker_client)
+    engine_runtimes, engine_problem = _engine_runtimes(engine)
     configured_mode, mode_problem = _configured_mode(root)
     installed = ctk is not None and hook is not None
     facts = ToolkitFacts(
@@ -217,11 +178,8 @@ def _state_problems(facts: ToolkitFacts) -> list[Problem]:
         ]
     if facts.daemon_runtime is None:
         return [
-            Problem(
-                "toolkit_not_configured",
-                "/etc/docker/daemon.json",
-                "runtimes.nvidia is not set",
-                "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
+            outcome.problem(
+                "toolkit_not_configured", "/etc/docker/daemon.json", "no runtimes.nvidia"
             )
         ]
     if facts.engine_runtimes and RUNTIME_NAME not in facts.engine_runtimes:
@@ -285,12 +243,12 @@ def _stanza_fields(stanza: str) -> dict[str, str]:
     return fields
 
 
-def _engine_runtimes(client) -> tuple[tuple[str, ...], Problem | None]:
-    if client is None:
+def _engine_runtimes(engine) -> tuple[tuple[str, ...], Problem | None]:
+    if engine is None:
         return (), None
     try:
-        info = client.info()
-    except Exception as exc:  # docker.errors.*, requests errors: all mean "no answer"
+        info = engine.info()
+    except Exception as exc:  # agent.engine.EngineError, or any engine's "no answer"
         return (), Problem(
             "docker_unreachable",
             "docker engine",
@@ -426,9 +384,16 @@ def _file_mode(path: Path) -> int:
 # --- ensure ---
 
 
+class ToolkitAction(StrEnum):
+    PRESENT = "present"
+    INSTALLED = "installed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ToolkitResult:
-    action: str  # present | installed | skipped | failed
+    action: ToolkitAction
     facts: ToolkitFacts
     problem: Problem | None = None
     duration_ms: int = 0
@@ -436,7 +401,7 @@ class ToolkitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "action": self.action,
+            "action": str(self.action),
             "facts": self.facts.to_dict(),
             "problem": self.problem.to_dict() if self.problem else None,
             "duration_ms": self.duration_ms,
@@ -490,7 +455,7 @@ def ensure(
     root: Root,
     *,
     gpu_present: bool,
-    docker_client=None,
+    engine=None,
     runner: Runner | None = None,
     timeout_s: float = 300,
     repo_url: str = NVIDIA_REPO_URL,
@@ -500,19 +465,19 @@ def ensure(
     `repo_url` is the apt repository (flat, `deb <url> /`) used when no packages are baked in.
     """
     started = time.monotonic()
-    facts = detect(root, docker_client)
+    facts = detect(root, engine)
 
-    def done(action: str, problem: Problem | None, steps=(), after=None) -> ToolkitResult:
+    def done(action: ToolkitAction, problem: Problem | None, steps=(), after=None) -> ToolkitResult:
         duration = int((time.monotonic() - started) * 1000)
         return ToolkitResult(action, after or facts, problem, duration, tuple(steps))
 
     if facts.ready:
-        return done("present", None)
+        return done(ToolkitAction.PRESENT, None)
     if not gpu_present:
-        return done("skipped", None, ["no GPU: toolkit not needed"])
+        return done(ToolkitAction.SKIPPED, None, ["no GPU: toolkit not needed"])
     blocking = _blocking_problem(facts)
     if config.toolkit_install == "NEVER":
-        return done("skipped", blocking, ["FL_TOOLKIT_INSTALL=NEVER: nothing changed"])
+        return done(ToolkitAction.SKIPPED, blocking, ["FL_TOOLKIT_INSTALL=NEVER: nothing changed"])
     job = _Job(
         root=root,
         runner=runner or run_command,
@@ -522,31 +487,32 @@ def ensure(
     )
     try:
         with _lock(root, job):
-            after = _converge(job, docker_client)
+            after = _converge(job, engine)
     except _Failed as failed:
-        return done("failed", failed.problem, job.steps, detect(root, docker_client))
+        return done(ToolkitAction.FAILED, failed.problem, job.steps, detect(root, engine))
     if not after.ready:
-        return done("failed", _blocking_problem(after), job.steps, after)
-    return done("installed" if job.changed else "present", None, job.steps, after)
+        return done(ToolkitAction.FAILED, _blocking_problem(after), job.steps, after)
+    installed = ToolkitAction.INSTALLED if job.changed else ToolkitAction.PRESENT
+    return done(installed, None, job.steps, after)
 
 
 def _blocking_problem(facts: ToolkitFacts) -> Problem | None:
     return facts.problems[0] if facts.problems else None
 
 
-def _converge(job: _Job, client) -> ToolkitFacts:
+def _converge(job: _Job, engine) -> ToolkitFacts:
     """Under the lock: look again (another run may have finished), then do what is missing."""
-    facts = detect(job.root, client)
+    facts = detect(job.root, engine)
     if not facts.installed:
         _install(job)
-        facts = detect(job.root, client)
+        facts = detect(job.root, engine)
         if not facts.installed:
             raise _Failed(_problem("toolkit_install_failed", "installed, yet " + _missing(facts)))
     if facts.daemon_runtime is None:
         _configure(job, facts)
     if job.changed or not facts.configured:
-        _restart_docker(job, client)
-    return detect(job.root, client)
+        _restart_docker(job, engine)
+    return detect(job.root, engine)
 
 
 def _missing(facts: ToolkitFacts) -> str:
@@ -571,22 +537,11 @@ def _problem(name: str, message: str, fix: str = "") -> Problem:
 
 @contextlib.contextmanager
 def _lock(root: Root, job: _Job) -> Iterator[None]:
-    root.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(root.run_dir / "toolkit.lock", "w") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= job.deadline:
-                    raise _Failed(
-                        _problem("toolkit_lock_timeout", "the toolkit lock stayed taken")
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    wait_s = max(0.0, job.deadline - time.monotonic())
+    with file_lock(root.run_dir / "toolkit.lock", wait_s=wait_s) as held:
+        if not held:
+            raise _Failed(_problem("toolkit_lock_timeout", "the toolkit lock stayed taken"))
+        yield
 
 
 def _env() -> dict[str, str]:
@@ -716,7 +671,7 @@ def _restore(path: Path, snapshot: bytes | None) -> None:
         write_atomic(path, snapshot, mode=_file_mode(path))
 
 
-def _restart_docker(job: _Job, client) -> None:
+def _restart_docker(job: _Job, engine) -> None:
     if not job.injected_runner and job.root.prefix.resolve() != Path("/"):
         job.steps.append(f"docker restart skipped: root is {job.root.prefix}, not /")
         return
@@ -725,22 +680,12 @@ def _restart_docker(job: _Job, client) -> None:
     )
     if not result.ok:
         raise _Failed(_problem("docker_restart_failed", f"restart failed: {result.tail(3)}"))
-    if client is not None:
-        _wait_for_engine(job, client)
+    if engine is not None:
+        from agent.engine import wait_ready
 
-
-def _wait_for_engine(job: _Job, client) -> None:
-    wait_until = time.monotonic() + min(RESTART_TIMEOUT_S, job.remaining())
-    while True:
-        try:
-            client.ping()
-            return
-        except Exception:  # the engine is still coming up
-            if time.monotonic() >= wait_until:
-                raise _Failed(
-                    _problem("docker_restart_failed", "the engine did not answer after restart")
-                ) from None
-            time.sleep(0.5)
+        if not wait_ready(engine, min(RESTART_TIMEOUT_S, job.remaining())):
+            message = "the engine did not answer after restart"
+            raise _Failed(_problem("docker_restart_failed", message))
 
 
 __all__ = [

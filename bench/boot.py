@@ -6,7 +6,7 @@
   Targets: median <= 1.5x the floor, and faster than the peer's path.
 - first: first boot to RUNNING with the image local, with `--stability-window 0` (the deliberate
   3 s window is not counted; the two `inspect`s around it are), against `docker run -d` of the
-  same spec through the CLI. Target: median <= 1.5x.
+  same spec through the CLI. Target: median <= 2.0x (issue 12).
 - memory: the peak RSS of the boot process (os.wait4's ru_maxrss) for a first boot and a
   converged boot, both with OneGate reporting on (the emulator). Target: under 80 MB.
 """
@@ -221,7 +221,7 @@ def bench_first(runs: int) -> dict:
         record = s.boot()
     agent = stats["fl-agent boot (first, --stability-window 0)"]
     checks = [
-        ratio_check("first boot vs docker run -d", agent, stats["docker run -d (same spec)"], 1.5),
+        ratio_check("first boot vs docker run -d", agent, stats["docker run -d (same spec)"], 2.0),
         Check(
             "first boot created the container",
             record["container"]["action"],

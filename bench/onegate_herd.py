@@ -1,7 +1,7 @@
 """1,000 simulated agents booting against the OneGate emulator through a 30 s outage.
 
 Each agent is the real client: `agent.onegate.Reporter` (own VMID, token and queue directory),
-driven through the boot's own reporting path (`agent.boot._Run.report`, with its budgets:
+driven through the boot's own reporting path (`agent.boot.Progress.report`, with its budgets:
 2 s per progress report, 0.5 s once one failed, 10 s for the terminal one) from BOOTING to
 RUNNING with READY=YES, with the pauses of a real boot between the reports. Agents arrive
 uniformly over ARRIVAL_S; the emulator (its own process) stops listening for OUTAGE_S
@@ -111,10 +111,9 @@ def run_worker(args: tuple) -> None:
 
 
 def one_agent(endpoint, agent, t0, resend, base, results) -> None:
-    from agent.boot import BootOptions, _Run
+    from agent.boot import BootOptions, Progress
     from agent.context import Secret
     from agent.onegate import Reporter, new_run
-    from agent.paths import Root
 
     vmid, token, arrival, seed = agent
     rng = random.Random(seed)
@@ -131,8 +130,7 @@ def one_agent(endpoint, agent, t0, resend, base, results) -> None:
         )
 
     directory = Path(base) / str(vmid)
-    run = _Run(Root(directory), BootOptions())
-    run.reporter = reporter()
+    run = Progress(reporter(), BootOptions())
     facts = {
         "FL_AGENT_VERSION": "0.1.0",
         "FL_SUPERNODE_IMAGE": "flwr/supernode:1.42.0",

@@ -1,7 +1,7 @@
 """A stand-in for oned's XML-RPC API, for tests and demos: standard library only.
 
-It answers the calls the operator commands make, the way oned does (reference
-opennebula.md section 5; oned's Request::success_response / failure_response):
+It answers the calls the operator commands make, the way oned does (OpenNebula/one's
+Request::success_response / failure_response):
 ``[True, value, 0]`` on success and ``[False, message, code]`` on failure, with oned's codes.
 Documents follow OpenNebula's XSD as pyone 7.x's bindings read them: a HOST_POOL whose
 hosts carry ``HOST_SHARE/PCI_DEVICES/PCI`` entries with the monitoring probe's fields.

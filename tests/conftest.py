@@ -77,6 +77,14 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
+def engine(docker_client):
+    """The agent's own Engine API client for the same engine."""
+    from agent.engine import connect
+
+    return connect(timeout_s=30)
+
+
+@pytest.fixture(scope="session")
 def standin_images(docker_client) -> dict[str, str]:
     """Build the stand-in SuperNode images from the local busybox base (no registry here)."""
     built = {}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from agent.boot import _gpu_attributes
 from agent.gpu import GpuFacts
 from agent.gpu.driver import DriverFacts
 from agent.gpu.nvml import MigDevice, NvmlFacts, NvmlGpu
 from agent.gpu.pci import PciFacts
 from agent.onegate import is_plain
+from agent.record import gpu_attributes
 
 A = "GPU-a1000000-0000-4000-8000-000000000001"
 B = "GPU-a1000000-0000-4000-8000-000000000002"
@@ -35,7 +35,7 @@ def facts() -> GpuFacts:
 
 
 def test_gpu_facts_become_plain_attributes() -> None:
-    attrs = _gpu_attributes(facts(), "GPU", {"verdict": "PASSED"})
+    attrs = gpu_attributes(facts(), "GPU", {"verdict": "PASSED"})
     assert attrs == {
         "FL_GPU_MODE": "GPU",
         "FL_VALIDATION": "PASSED",
@@ -51,7 +51,7 @@ def test_gpu_facts_become_plain_attributes() -> None:
 
 
 def test_selected_devices_are_counted_and_failures_name_the_stage() -> None:
-    attrs = _gpu_attributes(
+    attrs = gpu_attributes(
         facts(), "CPU", {"verdict": "FAILED", "failed_stage": "toolkit", "selected": [MIG]}
     )
     assert attrs["FL_GPU_MODE"] == "CPU" and attrs["FL_GPU_COUNT"] == "1"
@@ -59,7 +59,7 @@ def test_selected_devices_are_counted_and_failures_name_the_stage() -> None:
 
 
 def test_no_gpu_facts() -> None:
-    assert _gpu_attributes(None, "CPU", None) == {
+    assert gpu_attributes(None, "CPU", None) == {
         "FL_GPU_MODE": "CPU",
         "FL_VALIDATION": "CPU_ONLY",
         "FL_GPU_COUNT": "0",

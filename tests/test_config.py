@@ -8,7 +8,7 @@ import pytest
 
 from agent import flower
 from agent.config import DeviceSelector, build_config, parse_host_port
-from agent.context import Secret
+from agent.context import Secret, read_platform
 
 UUID = "GPU-0b4d3e8a-1c2f-4a5b-9c8d-7e6f5a4b3c2d"
 MIG = "MIG-5c6d7e8f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
@@ -223,13 +223,31 @@ def test_required_with_gpu_disabled_conflicts() -> None:
 
 def test_secret_masked_everywhere() -> None:
     token = Secret("s3cr3t-token")
-    result = build_config(
-        {"ONEGATE_ENDPOINT": "http://169.254.16.9:5030", "VMID": "42"}, token=token
-    )
-    assert result.config.token == token
-    text = repr(result.config) + str(result.config.to_dict())
-    assert "s3cr3t" not in text
-    assert result.config.to_dict()["token"] == "***"
+    variables = {"ONEGATE_ENDPOINT": "http://169.254.16.9:5030", "VMID": "42"}
+    platform = read_platform(variables, token)
+    assert platform.token == token and platform.vmid == "42"
+    assert "s3cr3t" not in repr(platform) + str(platform)
+    assert "token" not in build_config(variables).config.to_dict()  # FL config only
+
+
+def test_platform_is_read_even_when_the_fl_config_is_invalid() -> None:
+    variables = {
+        "ONEGATE_ENDPOINT": "http://169.254.16.9:5030/",
+        "VMID": "42",
+        "REPORT_READY": "yes",
+        "FL_GPU_ENABLED": "perhaps",
+    }
+    assert build_config(variables).config is None
+    platform = read_platform(variables, Secret("t"))
+    assert platform.onegate_endpoint == "http://169.254.16.9:5030" and platform.vmid == "42"
+    assert platform.report_ready and not platform.problems
+
+
+@pytest.mark.parametrize(("name", "value"), [("ONEGATE_ENDPOINT", "ftp://x"), ("VMID", "4x")])
+def test_invalid_platform_values_are_left_out_and_named(name: str, value: str) -> None:
+    platform = read_platform({"ONEGATE_ENDPOINT": "http://h:5030", "VMID": "1", name: value}, None)
+    assert getattr(platform, "onegate_endpoint" if name == "ONEGATE_ENDPOINT" else "vmid") is None
+    assert [p.subject for p in platform.problems] == [name]
 
 
 def test_bad_value_messages_are_truncated() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agent.container_resources import RLIMIT_REFUSED, container_resources, mem_total
@@ -34,41 +36,42 @@ def test_shm_sized_to_the_vm(memory, shm):
     assert container_resources(memory).shm_size == shm
 
 
-def test_nvidia_ulimits_as_docker_kwargs():
-    kwargs = container_resources(16 * GIB).docker_kwargs()
-    limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in kwargs["ulimits"]}
+def test_nvidia_ulimits_as_the_engine_api_takes_them():
+    host = container_resources(16 * GIB).host_config()
+    limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}
     assert limits == {"memlock": (-1, -1), "stack": (67108864, 67108864)}
-    assert kwargs["shm_size"] == 8 * GIB
+    assert host["ShmSize"] == 8 * GIB
 
 
-def _run(docker_client, resources) -> str:
+def _run(engine, resources) -> str:
     """Run busybox with the resources; the container is removed whatever happens."""
-    container = docker_client.containers.create(
-        "fl-agent/busybox:latest",
-        ["sh", "-c", "df -k /dev/shm | tail -1; ulimit -l; ulimit -s"],
-        network_disabled=True,
-        **resources.docker_kwargs(),
-    )
+    body = {
+        "Image": "fl-agent/busybox:latest",
+        "Cmd": ["sh", "-c", "df -k /dev/shm | tail -1; ulimit -l; ulimit -s"],
+        "NetworkDisabled": True,
+        "HostConfig": resources.host_config(),
+    }
+    container_id = engine.create(body, f"fl-agent-test-resources-{os.getpid()}")
     try:
-        container.start()
-        container.wait(timeout=60)
-        return container.logs().decode()
+        engine.start(container_id)
+        engine.wait(container_id, 60)
+        return engine.logs(container_id)
     finally:
-        container.remove(force=True)
+        engine.remove(container_id)
 
 
 @pytest.mark.docker
-def test_the_engine_applies_them_or_refuses_the_limits_by_name(docker_client):
+def test_the_engine_applies_them_or_refuses_the_limits_by_name(engine):
     """A real container gets the /dev/shm size and the limits; an engine that may not raise
     memlock (this sandbox's dockerd lacks CAP_SYS_RESOURCE) refuses with RLIMIT_REFUSED, and
     the retry without them keeps the shared memory."""
-    from docker.errors import APIError
+    from agent.engine import EngineError
 
     resources = container_resources(2 * GIB)
     try:
-        shm_line, memlock, stack = _run(docker_client, resources).strip().splitlines()
+        shm_line, memlock, stack = _run(engine, resources).strip().splitlines()
         assert memlock == "unlimited" and int(stack) == 67108864 // 1024
-    except APIError as exc:
+    except EngineError as exc:
         assert RLIMIT_REFUSED in str(exc)
-        shm_line, *_ = _run(docker_client, resources.without_ulimits()).strip().splitlines()
+        shm_line, *_ = _run(engine, resources.without_ulimits()).strip().splitlines()
     assert int(shm_line.split()[1]) == GIB // 1024

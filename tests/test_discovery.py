@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.config import Config
-from agent.context import Secret
+from agent.context import Platform, Secret
 from agent.discovery import CA_PATH, discover, write_ca
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
@@ -58,13 +58,12 @@ def emulator(request):
 
 
 def setup(em, tmp_path, vmid=ME, timeout=1.0, **changes):
-    config = Config(
-        onegate_endpoint=em.endpoint, vmid=str(vmid), token=Secret(em.vms[vmid].token), **changes
-    )
+    config = Config(**changes)
+    platform = Platform(em.endpoint, str(vmid), Secret(em.vms[vmid].token))
     reporter = Reporter(
-        endpoint=config.onegate_endpoint,
-        vmid=config.vmid,
-        token=config.token,
+        endpoint=platform.onegate_endpoint,
+        vmid=platform.vmid,
+        token=platform.token,
         queue_dir=queue_dir(Root(tmp_path)),
         total_timeout_s=timeout,
         policy=RetryPolicy(base_s=0.01, cap_s=0.05, connect_timeout_s=0.3, read_timeout_s=0.3),
@@ -196,7 +195,7 @@ def test_hopeless_lookups_stop_at_once(emulator, tmp_path, change, problem, word
 
 def test_no_onegate_and_no_address(tmp_path):
     config = Config(tls_enabled=False)
-    reporter = Reporter.from_config(config, Root(tmp_path))
+    reporter = Reporter.from_platform(Platform(), Root(tmp_path))
     found = discover(config, reporter, attempts=3, interval_s=0, sleep=Clock())
     assert [p.name for p in found.problems] == ["superlink_not_found"]
     assert "OneGate is off" in found.problems[0].message

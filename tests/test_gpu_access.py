@@ -1,6 +1,6 @@
 """A GPU container that lost its devices: parsing its `nvidia-smi -L`, the repair ladder, and the
 ladder run for real on a private Docker engine with a stand-in NVIDIA hook (GPU-mode containers
-on this GPU-less machine, ../shared/ENVIRONMENT.md)."""
+on this GPU-less machine)."""
 
 from __future__ import annotations
 

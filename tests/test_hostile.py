@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 
 from agent import flower, tls
 from agent.config import Config, build_config, data_dir_problem, parse_image_reference
-from agent.context import Secret, parse_context, render_context
+from agent.context import Platform, Secret, parse_context, read_platform, render_context
 from agent.discovery import Pin, discover, pin_path, pin_update, read_pin, write_pin
 from agent.errors import AgentError
 from agent.onegate import Reporter, RetryPolicy, queue_dir
 from agent.paths import Root
-from agent.plan import GpuVerdict, PlanInputs, make_plan, numeric_non_root
+from agent.plan import GpuVerdict, ImageFacts, PlanInputs, make_plan, numeric_non_root
 from agent.terminal import escape_controls
 from agent.toolkit import configure_daemon_json, read_daemon_json
 from emulators.onegate import OneGateEmulator
@@ -143,12 +143,10 @@ def my_context(em, tmp_path, **variables: str):
 
 
 def found_by(em, tmp_path, pinned: Pin | None = None, **changes):
-    config = Config(
-        onegate_endpoint=em.endpoint, vmid=str(ME), token=Secret(em.vms[ME].token),
-        node_config="partition-id=0", **changes,
-    )  # fmt: skip
+    config = Config(node_config="partition-id=0", **changes)
+    platform = Platform(em.endpoint, str(ME), Secret(em.vms[ME].token))
     reporter = Reporter(
-        endpoint=config.onegate_endpoint, vmid=config.vmid, token=config.token,
+        endpoint=platform.onegate_endpoint, vmid=platform.vmid, token=platform.token,
         queue_dir=queue_dir(Root(tmp_path)), total_timeout_s=2.0,
         policy=RetryPolicy(base_s=0.01, cap_s=0.05, connect_timeout_s=0.5, read_timeout_s=0.5),
         rng=random.Random(1),
@@ -363,9 +361,10 @@ def test_refused_data_dir_exits_2_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("token", ["tok\nen-SECRET", "tok\x1bSECRET", "tökenSECRET", "tok\x00SEC"])
 def test_token_outside_printable_ascii_is_a_named_error_that_does_not_echo_it(token):
-    result = build_config({"ONEGATE_ENDPOINT": "http://h:5030", "VMID": "1"}, token=Secret(token))
-    assert [(p.name, p.subject) for p in result.problems] == [("invalid_value", "ONEGATE_TOKEN")]
-    assert "SECRET" not in str(result.problems) and "SEC" not in str(result.problems[0])
+    platform = read_platform({"ONEGATE_ENDPOINT": "http://h:5030", "VMID": "1"}, Secret(token))
+    assert [(p.name, p.subject) for p in platform.problems] == [("invalid_value", "ONEGATE_TOKEN")]
+    assert "SECRET" not in str(platform.problems) and "SEC" not in str(platform.problems[0])
+    assert platform.token is None  # never into an HTTP header
 
 
 def test_token_with_a_line_break_ends_in_exit_2_and_stays_hidden(tmp_path):
@@ -401,8 +400,9 @@ def test_flower_version_with_thousands_of_digits():
 
 
 def test_vmid_with_non_ascii_digits():
-    result = build_config({"VMID": "\u0661\u0662"})  # Arabic-Indic 12
-    assert [(p.name, p.subject) for p in result.problems] == [("invalid_value", "VMID")]
+    platform = read_platform({"VMID": "\u0661\u0662"}, None)  # Arabic-Indic 12
+    assert [(p.name, p.subject) for p in platform.problems] == [("invalid_value", "VMID")]
+    assert platform.vmid is None
 
 
 @contextlib.contextmanager
@@ -574,9 +574,8 @@ def test_digits_are_ascii_digits(name, value):
 def test_container_user_is_a_numeric_non_zero_uid_else_49999(user, kept):
     assert numeric_non_root(user) is kept
     config = build_config({"FL_SUPERLINK_ADDRESS": "h:1"}).config
-    plan = make_plan(
-        config, PlanInputs(GpuVerdict("CPU_ONLY"), "h:1", "a=1", "/d", image_user=user)
-    )
+    image = ImageFacts(config.supernode_image, True, user)
+    plan = make_plan(config, PlanInputs(GpuVerdict("CPU_ONLY"), "h:1", "a=1", "/d", image))
     assert plan.spec.user == (None if kept else "49999:49999")
 
 
@@ -665,12 +664,14 @@ def plan_context(variables: dict[str, str], token: str) -> None:
         except AgentError as exc:
             assert exc.problems[0].name
             return
-        result = build_config(parsed, token=Secret(token))
+        result = build_config(parsed)
+        platform = read_platform(parsed, Secret(token))
         assert (result.config is None) == bool(result.problems)
-        assert "SECRET-" not in str(result.problems)
+        assert "SECRET-" not in str(result.problems) + str(platform.problems)
         if result.config is not None:
             verdict = GpuVerdict("CPU_ONLY")
-            inputs = PlanInputs(verdict, "127.0.0.1:9092", result.config.node_config, "/d", None)
+            image = ImageFacts(result.config.supernode_image, True, "")
+            inputs = PlanInputs(verdict, "127.0.0.1:9092", result.config.node_config, "/d", image)
             plan = make_plan(result.config, inputs)
             json.dumps(plan.to_dict())
             escape_controls(json.dumps(result.config.to_dict(), ensure_ascii=False))

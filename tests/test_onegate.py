@@ -9,14 +9,12 @@ import itertools
 import json
 import random
 import stat
-import subprocess
 import time
 
 import pytest
 
 from agent import log
-from agent.config import Config
-from agent.context import Secret
+from agent.context import Platform, Secret, read_platform
 from agent.errors import AgentError
 from agent.onegate import (
     ATTRIBUTES,
@@ -48,21 +46,20 @@ def emulator(request):
         yield em
 
 
-def config_for(em: OneGateEmulator, vmid: int = VMID, **changes) -> Config:
-    return Config(
+def platform_for(em: OneGateEmulator, vmid: int = VMID) -> Platform:
+    return Platform(
         onegate_endpoint=em.endpoint,
         vmid=str(vmid),
         token=Secret(em.vms[vmid].token if vmid in em.vms else TOKEN),
-        **changes,
     )
 
 
 def reporter_for(em, root: Root, *, timeout=2.0, policy=FAST, seed=1, vmid=VMID) -> Reporter:
-    config = config_for(em, vmid)
+    platform = platform_for(em, vmid)
     return Reporter(
-        endpoint=config.onegate_endpoint,
-        vmid=config.vmid,
-        token=config.token,
+        endpoint=platform.onegate_endpoint,
+        vmid=platform.vmid,
+        token=platform.token,
         queue_dir=queue_dir(root),
         total_timeout_s=timeout,
         policy=policy,
@@ -181,7 +178,7 @@ def test_unsafe_values_round_trip_through_base64(emulator, root, value):
     assert reporter.send({"FL_ERROR": value})
     template = emulator.user_template(VMID)
     assert "FL_ERROR" not in template and "FL_ERROR_BASE64" in template
-    assert remote_status(config_for(emulator), root)["attributes"]["FL_ERROR"] == value
+    assert remote_status(platform_for(emulator), root)["attributes"]["FL_ERROR"] == value
 
 
 def test_switching_encoding_removes_the_other_name(emulator, root):
@@ -406,7 +403,7 @@ def test_report_merge_keeps_the_newest_word():
 def test_reporting_off_without_endpoint_or_token_says_so_once(root):
     out = io.StringIO()
     log.configure("INFO", stream=out)
-    reporter = Reporter.from_config(Config(vmid="3"), root)
+    reporter = Reporter.from_platform(Platform(vmid="3"), root)
     assert reporter.enabled is False
     assert reporter.send(*state_report("BOOTING")) is False
     assert reporter.flush() == 0
@@ -440,7 +437,7 @@ def test_remote_status_shows_what_operators_see(emulator, root):
     reporter = reporter_for(emulator, root)
     facts = {"FL_GPU_NAMES": "H200, H200", "FL_GPU_MODE": "GPU"}
     reporter.send(*state_report("RUNNING", facts=facts, ready=True))
-    status = remote_status(config_for(emulator), root)
+    status = remote_status(platform_for(emulator), root)
     assert status["vmid"] == str(VMID) and status["queued_reports"] == 0
     assert status["attributes"] == {
         "FL_STATE": "RUNNING",
@@ -621,10 +618,9 @@ def test_malformed_answers_are_named_errors(emulator, root, path, body):
     "endpoint", ["http://h:abc", "http://a..b", "http://h:99999", "http://[::1:5030"]
 )
 def test_endpoints_the_http_stack_refuses_are_named_errors(root, endpoint):
-    from agent.config import build_config
-
-    result = build_config({"ONEGATE_ENDPOINT": endpoint, "VMID": "3"})
-    assert [p.name for p in result.problems] == ["invalid_value"]
+    platform = read_platform({"ONEGATE_ENDPOINT": endpoint, "VMID": "3"}, Secret(TOKEN))
+    assert [p.name for p in platform.problems] == ["invalid_value"]
+    assert platform.onegate_endpoint is None
     reporter = Reporter(endpoint=endpoint, vmid="3", token=Secret(TOKEN), queue_dir=queue_dir(root))
     assert reporter.enabled is False
     assert reporter.last_problem.name == "onegate_endpoint_invalid"
@@ -641,9 +637,8 @@ def ready_reporter(em, root, variables: dict[str, str]) -> Reporter:
     from agent.onegate import ReadyPolicy
 
     policy = ReadyPolicy.from_variables(variables)
-    config = config_for(em)
-    return Reporter.from_config(
-        config, root, total_timeout_s=2.0, ready=dataclasses.replace(policy, wait_s=0.0)
+    return Reporter.from_platform(
+        platform_for(em), root, total_timeout_s=2.0, ready=dataclasses.replace(policy, wait_s=0.0)
     )
 
 
@@ -687,8 +682,10 @@ def test_ready_script_runs_three_times_ten_seconds_apart():
     calls, sleeps = [], []
 
     def run(argv, **kwargs):
+        from agent.command import RunResult
+
         calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0 if len(calls) == 3 else 1)
+        return RunResult(0 if len(calls) == 3 else 1, "")
 
     policy = ReadyPolicy.from_variables({"READY_SCRIPT": "check"})
     assert policy.check(Root(), run=run, sleep=sleeps.append) is None

@@ -1,4 +1,4 @@
-"""The OneGate emulator answers like onegate-server.rb (reference/opennebula.md section 3)."""
+"""The OneGate emulator answers like onegate-server.rb (docs/onegate.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def body_500(em, text: str) -> str:
     return text if em.version < "7.0.1" else "Internal server error"
 
 
-# The port results table of reference/opennebula.md 3.4.
+# What onegate-server.rb's escape_attr does to each value (docs/onegate.md).
 @pytest.mark.parametrize(
     ("given", "escaped"),
     [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agent.config import build_config
+from agent.engine import create_body
 from agent.errors import Problem
-from agent.plan import GpuVerdict, PlanInputs, make_plan
-from agent.supernode import create_kwargs
+from agent.outcome import BootState
+from agent.plan import ActionKind, GpuVerdict, ImageFacts, PlanInputs, make_plan
 
 UUIDS = ("GPU-11111111-1111-1111-1111-111111111111", "GPU-22222222-2222-2222-2222-222222222222")
 
@@ -18,18 +19,25 @@ def config(**variables: str):
     return result.config
 
 
-def inputs(verdict: GpuVerdict, **kwargs) -> PlanInputs:
+IMAGE = "flwr/supernode:1.25.0"
+
+
+def inputs(verdict: GpuVerdict, image_user: str | None = "49999:49999", **kwargs) -> PlanInputs:
     base = {
         "superlink": "10.0.0.1:9092",
         "node_config": "partition-id=0 num-partitions=2",
         "data_dir_host": "/opt/flower/data",
-        "image_user": "49999:49999",
+        "image": ImageFacts(IMAGE, image_user is not None, image_user),
     }
     base.update(kwargs)
     return PlanInputs(gpu=verdict, **base)
 
 
-FAILED = GpuVerdict("FAILED", problem=Problem("toolkit_missing", "toolkit", "no toolkit", "x"))
+FAILED = GpuVerdict(
+    "FAILED",
+    problem=Problem("toolkit_missing", "toolkit", "no toolkit", "x"),
+    failed_stage="toolkit",
+)
 
 
 def test_gpu_all_uses_count_minus_one_and_capabilities() -> None:
@@ -41,7 +49,7 @@ def test_gpu_all_uses_count_minus_one_and_capabilities() -> None:
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
     assert env["CUDA_VISIBLE_DEVICES"] == ",".join(UUIDS)
     assert spec.runtime is None
-    request = create_kwargs(spec)["device_requests"][0]
+    request = create_body(spec)["HostConfig"]["DeviceRequests"][0]
     assert request["Count"] == -1 and request["DeviceIDs"] == []
     assert request["Capabilities"] == [["gpu"]]
     assert plan.fallback is not None and plan.fallback.mode == "CPU"
@@ -49,27 +57,80 @@ def test_gpu_all_uses_count_minus_one_and_capabilities() -> None:
 
 def test_gpu_list_uses_device_ids_never_count() -> None:
     plan = make_plan(config(), inputs(GpuVerdict("PASSED", UUIDS[:1], request_all=False)))
-    request = create_kwargs(plan.spec)["device_requests"][0]
+    request = create_body(plan.spec)["HostConfig"]["DeviceRequests"][0]
     assert request["DeviceIDs"] == [UUIDS[0]] and request["Count"] == 0
 
 
 def test_cpu_mode_is_cpu_for_certain() -> None:
     plan = make_plan(config(FL_GPU_ENABLED="NO"), inputs(GpuVerdict("CPU_ONLY")))
     assert plan.mode == "CPU" and plan.reason == "FL_GPU_ENABLED=NO"
-    kwargs = create_kwargs(plan.spec)
-    assert kwargs["runtime"] == "runc"
-    assert "device_requests" not in kwargs
-    assert kwargs["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    body = create_body(plan.spec)
+    assert body["HostConfig"]["Runtime"] == "runc"
+    assert "DeviceRequests" not in body["HostConfig"]
+    assert "NVIDIA_VISIBLE_DEVICES=void" in body["Env"]
 
 
 def test_failed_gpu_falls_back_to_cpu_degraded() -> None:
-    plan = make_plan(config(), inputs(FAILED))
-    assert plan.mode == "CPU" and plan.degraded
+    plan = make_plan(config(FL_TOOLKIT_INSTALL="NEVER"), inputs(FAILED))
+    assert plan.mode == "CPU" and plan.degraded and plan.state == BootState.DEGRADED
     assert plan.problems[0].name == "toolkit_missing"
+    assert not plan.has(ActionKind.INSTALL_TOOLKIT)
+
+
+def test_a_missing_toolkit_is_installed_first_then_gpu_with_a_cpu_fallback() -> None:
+    plan = make_plan(config(), inputs(FAILED, validated=True))
+    assert plan.mode == "GPU" and plan.resume_from == "toolkit" and not plan.degraded
+    assert plan.fallback is not None and plan.fallback.mode == "CPU"
+    kinds = [a.kind for a in plan.actions]
+    assert kinds == [
+        ActionKind.INSTALL_TOOLKIT,
+        ActionKind.WRITE_VALIDATION,
+        ActionKind.CONVERGE,
+        ActionKind.RECORD,
+    ]
+    tried = make_plan(config(), inputs(FAILED, validated=True, toolkit_tried=True))
+    assert tried.mode == "CPU" and tried.degraded and tried.resume_from is None
+
+
+def test_a_missing_image_is_pulled_first_and_the_gpu_stages_wait_for_it() -> None:
+    missing = GpuVerdict(
+        "FAILED", problem=Problem("supernode_image_missing", IMAGE, "x"), failed_stage="container"
+    )
+    plan = make_plan(config(), inputs(missing, image_user=None))
+    pull = plan.actions[0]
+    assert pull.kind == ActionKind.PULL_IMAGE and pull.target == config().supernode_image
+    assert plan.mode == "GPU" and plan.resume_from == "container"
+    cpu = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), image_user=None))
+    assert cpu.actions[0].kind == ActionKind.PULL_IMAGE and cpu.resume_from is None
+
+
+def test_actions_write_the_ca_and_create_an_absent_data_dir() -> None:
+    plan = make_plan(
+        config(),
+        inputs(
+            GpuVerdict("CPU_ONLY"), ca_pem="PEM", ca_host_path="/x/ca.pem", data_dir_exists=False
+        ),
+    )
+    kinds = [(a.kind, a.target) for a in plan.actions]
+    assert kinds == [
+        (ActionKind.WRITE_CA, "/x/ca.pem"),
+        (ActionKind.PREPARE_DATA_DIR, "/opt/flower/data"),
+        (ActionKind.CONVERGE, "flower-supernode"),
+        (ActionKind.RECORD, ""),
+    ]
+    plain = make_plan(config(FL_TLS_ENABLED="NO"), inputs(GpuVerdict("CPU_ONLY"), ca_pem="PEM"))
+    assert [a.kind for a in plain.actions] == [ActionKind.CONVERGE, ActionKind.RECORD]
+
+
+def test_a_blocking_problem_plans_only_the_record() -> None:
+    blocked = Problem("docker_unavailable", "docker", "no engine")
+    plan = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), blocking=(blocked,)))
+    assert plan.spec is None and plan.state == BootState.FAILED
+    assert plan.problems == (blocked,) and [a.kind for a in plan.actions] == [ActionKind.RECORD]
 
 
 def test_failed_gpu_required_plans_nothing() -> None:
-    plan = make_plan(config(FL_GPU_REQUIRED="YES"), inputs(FAILED))
+    plan = make_plan(config(FL_GPU_REQUIRED="YES", FL_TOOLKIT_INSTALL="NEVER"), inputs(FAILED))
     assert plan.spec is None and plan.mode == "NONE"
     plan = make_plan(config(FL_GPU_REQUIRED="YES"), inputs(GpuVerdict("PASSED", UUIDS)))
     assert plan.fallback is None
@@ -85,23 +146,24 @@ def test_hardening_mounts_and_labels() -> None:
         config(FL_TLS_ENABLED="NO", FL_MAX_RETRIES="4", FL_LOG_LEVEL="DEBUG"),
         inputs(GpuVerdict("CPU_ONLY")),
     )
-    kwargs = create_kwargs(plan.spec)
-    assert kwargs["name"] == "flower-supernode"
-    assert kwargs["cap_drop"] == ["ALL"] and kwargs["privileged"] is False
-    assert kwargs["security_opt"] == ["no-new-privileges:true"]
-    assert kwargs["restart_policy"] == {"Name": "unless-stopped"}
-    assert kwargs["volumes"] == {"/opt/flower/data": {"bind": "/app/data", "mode": "ro"}}
-    assert "user" not in kwargs  # the image names a numeric non-root user
-    assert kwargs["labels"]["fl-agent.spec-hash"] == plan.spec.spec_hash
-    assert kwargs["command"][:1] == ["--insecure"]
-    assert kwargs["command"][-2:] == ["--max-retries", "4"]
-    assert kwargs["environment"]["FLWR_LOG_LEVEL"] == "DEBUG"
+    body = create_body(plan.spec)
+    host = body["HostConfig"]
+    assert plan.spec.name == "flower-supernode"
+    assert host["CapDrop"] == ["ALL"] and host["Privileged"] is False
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["RestartPolicy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    assert host["Binds"] == ["/opt/flower/data:/app/data:ro"]
+    assert "User" not in body  # the image names a numeric non-root user
+    assert body["Labels"]["fl-agent.spec-hash"] == plan.spec.spec_hash
+    assert body["Cmd"][:1] == ["--insecure"]
+    assert body["Cmd"][-2:] == ["--max-retries", "4"]
+    assert "FLWR_LOG_LEVEL=DEBUG" in body["Env"]
 
 
 def test_root_image_runs_as_49999() -> None:
     for user in ("", "root", "0:0"):
         plan = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), image_user=user))
-        assert create_kwargs(plan.spec)["user"] == "49999:49999"
+        assert create_body(plan.spec)["User"] == "49999:49999"
 
 
 def test_tls_with_ca_mounts_it_and_passes_root_certificates() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.config import build_config
-from agent.plan import GpuVerdict, PlanInputs, make_plan
-from agent.supernode import converge
+from agent.engine import converge
+from agent.plan import GpuVerdict, ImageFacts, PlanInputs, make_plan
 
 pytestmark = pytest.mark.docker
 
@@ -25,9 +25,9 @@ def plan_for(image: str, data_dir, verdict=CPU_ONLY, **variables):
     )
     assert result.ok, result.problems
     user = "49999:49999" if image.endswith(":ok") or image.endswith(":crash") else ""
+    facts = ImageFacts(image, True, user)
     return make_plan(
-        result.config,
-        PlanInputs(verdict, "127.0.0.1:9092", "partition-id=0", str(data_dir), image_user=user),
+        result.config, PlanInputs(verdict, "127.0.0.1:9092", "partition-id=0", str(data_dir), facts)
     )
 
 
@@ -40,10 +40,10 @@ def inspect(client, name="flower-supernode") -> dict:
 
 
 def test_first_boot_then_unchanged_then_replaced(
-    docker_client, standin_images, no_supernode, tmp_path
+    docker_client, engine, standin_images, no_supernode, tmp_path
 ):
     plan = plan_for(standin_images["ok"], tmp_path)
-    first = converge(docker_client, plan.spec, stability_s=0.5)
+    first = converge(engine, plan.spec, stability_s=0.5)
     assert first.action == "created" and first.running, first.problems
     data = inspect(docker_client)
     host = data["HostConfig"]
@@ -58,32 +58,34 @@ def test_first_boot_then_unchanged_then_replaced(
     assert "NVIDIA_VISIBLE_DEVICES=void" in data["Config"]["Env"]
     assert data["Config"]["Cmd"] == list(plan.spec.command)
 
-    second = converge(docker_client, plan.spec, stability_s=0.5)
+    second = converge(engine, plan.spec, stability_s=0.5)
     assert second.action == "unchanged" and second.container_id == first.container_id
 
     changed = plan_for(standin_images["ok"], tmp_path, FL_LOG_LEVEL="DEBUG")
-    third = converge(docker_client, changed.spec, stability_s=0.5)
+    third = converge(engine, changed.spec, stability_s=0.5)
     assert third.action == "replaced" and third.container_id != first.container_id
     assert "FLWR_LOG_LEVEL=DEBUG" in inspect(docker_client)["Config"]["Env"]
 
 
-def test_stopped_container_is_started(docker_client, standin_images, no_supernode, tmp_path):
+def test_stopped_container_is_started(
+    docker_client, engine, standin_images, no_supernode, tmp_path
+):
     plan = plan_for(standin_images["ok"], tmp_path)
-    first = converge(docker_client, plan.spec, stability_s=0.2)
+    first = converge(engine, plan.spec, stability_s=0.2)
     docker_client.containers.get("flower-supernode").stop(timeout=1)
-    again = converge(docker_client, plan.spec, stability_s=0.2)
+    again = converge(engine, plan.spec, stability_s=0.2)
     assert again.action == "started" and again.container_id == first.container_id
     assert inspect(docker_client)["State"]["Running"]
 
 
 def test_unasked_exit_is_brought_back_by_the_engine(
-    docker_client, standin_images, no_supernode, tmp_path
+    docker_client, engine, standin_images, no_supernode, tmp_path
 ):
     """The SuperNode exits 0 when its SuperLink restarts: the policy must restart it."""
     import time
 
     plan = plan_for(standin_images["ok"], tmp_path)
-    converge(docker_client, plan.spec, stability_s=0.2)
+    converge(engine, plan.spec, stability_s=0.2)
     container = docker_client.containers.get("flower-supernode")
     container.exec_run(["/bin/sh", "-c", "kill -TERM 1"])
     deadline = time.monotonic() + 20
@@ -97,12 +99,12 @@ def test_unasked_exit_is_brought_back_by_the_engine(
 
 
 def test_gpu_refusal_falls_back_to_cpu_and_leaves_nothing(
-    docker_client, standin_images, no_supernode, tmp_path
+    docker_client, engine, standin_images, no_supernode, tmp_path
 ):
     gpu = GpuVerdict("PASSED", ("GPU-11111111-1111-1111-1111-111111111111",))
     plan = plan_for(standin_images["ok"], tmp_path, verdict=gpu)
     assert plan.mode == "GPU" and plan.fallback is not None
-    result = converge(docker_client, plan.spec, fallback=plan.fallback, stability_s=0.3)
+    result = converge(engine, plan.spec, fallback=plan.fallback, stability_s=0.3)
     assert result.running and result.spec.mode == "CPU"
     assert "could not select device driver" in result.gpu_start_error
     names = [c.name for c in docker_client.containers.list(all=True)]
@@ -111,45 +113,49 @@ def test_gpu_refusal_falls_back_to_cpu_and_leaves_nothing(
 
 
 def test_gpu_required_refusal_leaves_no_container(
-    docker_client, standin_images, no_supernode, tmp_path
+    docker_client, engine, standin_images, no_supernode, tmp_path
 ):
     from docker.errors import NotFound
 
     gpu = GpuVerdict("PASSED", ())
     plan = plan_for(standin_images["ok"], tmp_path, verdict=gpu, FL_GPU_REQUIRED="YES")
-    result = converge(docker_client, plan.spec, fallback=plan.fallback, stability_s=0.3)
+    result = converge(engine, plan.spec, fallback=plan.fallback, stability_s=0.3)
     assert not result.running and result.problems[0].name == "gpu_start_failed"
     with pytest.raises(NotFound):
         docker_client.containers.get("flower-supernode")
 
 
 def test_image_exiting_at_once_is_a_crash_loop(
-    docker_client, standin_images, no_supernode, tmp_path
+    docker_client, engine, standin_images, no_supernode, tmp_path
 ):
     plan = plan_for(standin_images["crash"], tmp_path)
-    result = converge(docker_client, plan.spec, stability_s=2.0)
+    result = converge(engine, plan.spec, stability_s=2.0)
     assert not result.running
     assert result.problems[0].name == "supernode_crash_loop"
     assert any("exiting with 3" in line for line in result.log_tail)
 
 
-def test_image_without_user_runs_as_49999(docker_client, standin_images, no_supernode, tmp_path):
+def test_image_without_user_runs_as_49999(
+    docker_client, engine, standin_images, no_supernode, tmp_path
+):
     plan = plan_for(standin_images["root"], tmp_path)
     assert plan.spec.user == "49999:49999"
-    result = converge(docker_client, plan.spec, stability_s=0.5)
+    result = converge(engine, plan.spec, stability_s=0.5)
     assert result.running
     logs = docker_client.containers.get("flower-supernode").logs().decode()
     assert "standin-user: 49999:49999" in logs
     assert "standin-home: writable" in logs
 
 
-def test_image_user_home_and_data_usable(docker_client, standin_images, no_supernode, tmp_path):
+def test_image_user_home_and_data_usable(
+    docker_client, engine, standin_images, no_supernode, tmp_path
+):
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     data.chmod(0o755)
     plan = plan_for(standin_images["ok"], data)
     assert plan.spec.user is None  # the image's own user 49999
-    assert converge(docker_client, plan.spec, stability_s=0.5).running
+    assert converge(engine, plan.spec, stability_s=0.5).running
     logs = docker_client.containers.get("flower-supernode").logs().decode()
     assert "standin-user: 49999:49999" in logs and "standin-data: readable" in logs
     assert "standin-home: writable" in logs

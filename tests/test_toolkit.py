@@ -187,8 +187,8 @@ def test_engine_without_the_runtime_means_restart_needed(root):
 
 
 @pytest.mark.docker
-def test_detect_asks_the_real_engine(root, docker_client):
-    facts = toolkit.detect(root, docker_client)
+def test_detect_asks_the_real_engine(root, engine):
+    facts = toolkit.detect(root, engine)
     assert "runc" in facts.engine_runtimes
     assert not any(p.name == "docker_unreachable" for p in facts.problems)
 
@@ -408,7 +408,7 @@ def test_restart_when_the_engine_lacks_the_runtime(root, repo):
             return super().__call__(argv, timeout=timeout, env=env)
 
     runner = Restarting(root)
-    result = toolkit.ensure(AUTO, root, gpu_present=True, docker_client=engine, runner=runner)
+    result = toolkit.ensure(AUTO, root, gpu_present=True, engine=engine, runner=runner)
     assert runner.commands() == ["systemctl"]
     assert result.action == "present" and result.facts.ready
 

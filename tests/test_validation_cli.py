@@ -69,3 +69,23 @@ def test_text_table(tmp_path):
     assert lines[2].startswith("       FIX: inside the VM the GPU must be bound")
     assert "[SKIP] container: stage pci failed" in lines
     assert lines[-2:] == ["FAILED", "error class: gpu_bound_to_vfio"]
+
+
+def test_repair_installs_the_toolkit_and_resumes_from_its_stage(tmp_path, nvml_stub):  # noqa: F811
+    from tests.toolkit_repo import bake_packages
+
+    root = load_driver(gpu_vm(tmp_path / "root", "nvidia"))
+    bake_packages(root, tmp_path / "debs")
+    observed = cli(tmp_path, BASE, "--json", stub=nvml_stub, scenario=h100())
+    assert json.loads(observed.stdout)["failed_stage"] == "toolkit"
+    assert not (root / "usr/bin/nvidia-ctk").exists()  # without --repair nothing changes
+    proc = cli(tmp_path, BASE, "--json", "--repair", stub=nvml_stub, scenario=h100())
+    report = json.loads(proc.stdout)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["toolkit"]["status"] == "ok" and stages["toolkit"]["detail"].startswith(
+        "installed: nvidia-ctk at /usr/bin/nvidia-ctk"
+    )
+    # no engine here: the container stage is the first to fail
+    assert (proc.returncode, report["failed_stage"]) == (1, "container")
+    markers = sorted(p.name for p in (root / "run/fl-agent/validations").iterdir())
+    assert markers == ["driver-ready", "fabric-ready", "nvml-ready", "pci-ready", "toolkit-ready"]

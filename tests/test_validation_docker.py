@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from agent import engine as docker
 from agent.config import build_config
-from agent.gpu import probe
 from agent.paths import Root
 from agent.validation import run_stages
 from tests.fixtures_gpu import H100_UUID
@@ -29,40 +29,41 @@ def config(image: str = IMAGE):
 
 
 def probe_containers(client) -> list:
-    return client.containers.list(all=True, filters={"label": probe.LABEL})
+    return client.containers.list(all=True, filters={"label": docker.PROBE_LABEL})
 
 
 @pytest.fixture
-def engine(docker_client):
+def clean(docker_client, engine):
+    """The agent's engine client; no container left behind by what the test runs."""
     docker_client.images.get(IMAGE)  # built by scripts/setup.sh; never pulled
     before = {c.id for c in docker_client.containers.list(all=True)}
-    yield docker_client
+    yield engine
     after = {c.id for c in docker_client.containers.list(all=True)}
-    probe.remove_probes(docker_client)  # clean up even when the check below fails
+    docker.remove_probes(engine)  # clean up even when the check below fails
     assert after <= before, "a probe container was left behind"
 
 
 @pytest.mark.parametrize("stage", ["container", "framework"])
-def test_engine_refusal_is_a_failure_with_cause_and_fix(tmp_path, engine, stage):
-    result = run_stages(config(), Root(tmp_path), (stage,), docker_client=engine)
+def test_engine_refusal_is_a_failure_with_cause_and_fix(tmp_path, clean, docker_client, stage):
+    result = run_stages(config(), Root(tmp_path), (stage,), engine=clean)
     (outcome,) = [s for s in result.stages if s.name == stage]
     assert outcome.status == "fail"
     assert outcome.problem.name == "gpu_runtime_unavailable"
     assert REFUSAL in outcome.detail
-    assert "systemctl restart docker" in outcome.hint and "nvidia-ctk" in outcome.hint
-    assert probe_containers(engine) == []
+    assert "systemctl restart docker" in outcome.hint
+    assert probe_containers(docker_client) == []
 
 
-def test_device_ids_request_is_refused_the_same_way_and_cleaned_up(engine):
-    run = probe.run_probe(engine, IMAGE, ["nvidia-smi", "-L"], (H100_UUID,))
+def test_device_ids_request_is_refused_the_same_way_and_cleaned_up(clean, docker_client):
+    run = docker.run_probe(clean, IMAGE, ["nvidia-smi", "-L"], (H100_UUID,))
     assert run.exit_code is None and run.problem.name == "gpu_runtime_unavailable"
     assert REFUSAL in run.output
-    assert probe_containers(engine) == []
+    assert probe_containers(docker_client) == []
 
 
-def test_missing_supernode_image(tmp_path, engine):
+def test_missing_supernode_image(tmp_path, clean):
     missing = config("fl-agent-test/absent-image:none")
-    result = run_stages(missing, Root(tmp_path), ("container",), docker_client=engine)
+    result = run_stages(missing, Root(tmp_path), ("container",), engine=clean)
     (outcome,) = [s for s in result.stages if s.name == "container"]
     assert outcome.status == "fail" and outcome.problem.name == "supernode_image_missing"
     assert "docker pull fl-agent-test/absent-image:none" in outcome.hint

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent import validation
+from agent import engine
 from agent.gpu import probe
+from agent.validation import container, framework, nvml
 
 SMI_L = """GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a1000000-0000-4000-8000-000000000001)
   MIG 3g.40gb     Device  0: (UUID: MIG-0b1c2d3e-0000-5000-9000-00000000000a)
@@ -23,9 +24,9 @@ def test_listed_uuids_from_nvidia_smi_l():
 
 
 def test_device_request_all_or_ids_never_both():
-    every = probe.device_request(None)
+    every = engine.device_request(None)
     assert (every["Count"], every["DeviceIDs"], every["Capabilities"]) == (-1, [], [["gpu"]])
-    some = probe.device_request(("GPU-x", "MIG-y"))
+    some = engine.device_request(("GPU-x", "MIG-y"))
     assert (some["Count"], some["DeviceIDs"]) == (0, ["GPU-x", "MIG-y"])
 
 
@@ -54,14 +55,14 @@ def test_image_cuda_requirement(env, expected):
         ("nvidia-container-cli: initialization error: load library failed: libnvidia-ml.so.1: "
          "cannot open shared object file", "nvml_library_not_found"),
         ("nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please "
-         "update your driver to a newer version", "cuda_driver_too_old"),
+         "update your driver to a newer version", "cuda_requirement_unmet"),
         ("invoking the NVIDIA Container Runtime Hook directly (e.g. specifying the docker --gpus "
          "flag) is not supported", "toolkit_cdi_mode"),
         ("something else entirely", "container_gpu_failed"),
     ],
 )  # fmt: skip
 def test_engine_errors_are_classified(message, name):
-    problem = probe.classify_engine_error(message)
+    problem = engine.gpu_problem(message)
     assert problem.name == name and problem.fix
 
 
@@ -72,7 +73,7 @@ def test_torch_probe_line_is_found_among_noise():
 
 
 def interpret(probe_data, driver_cuda=12040, required=None):
-    return validation._interpret_torch(probe_data, driver_cuda, required, "")
+    return framework.interpret(probe_data, driver_cuda, required, "")
 
 
 def test_torch_with_cuda_passes():
@@ -106,41 +107,41 @@ def test_framework_not_checkable_is_a_warning_not_ok(data):
 
 
 def test_image_requirement_beyond_the_driver():
-    problem = validation._cuda_too_old("NVIDIA_REQUIRE_CUDA", (12, 8), 12040)
+    problem = framework.cuda_too_old("NVIDIA_REQUIRE_CUDA", (12, 8), 12040)
     assert problem.name == "cuda_driver_too_old" and "12.8" in problem.message
 
 
-def container_run(selected=None):
-    from agent.config import Config
+def compare(seen, selected=None):
+    """The container stage's comparison, with what evaluate hands it for this inventory."""
     from agent.gpu import MigDevice, NvmlFacts, NvmlGpu, Selection
-    from agent.paths import Root
 
-    nvml = NvmlFacts(
+    facts = NvmlFacts(
         True,
         gpus=(
             NvmlGpu(0, GPU_A, mig_mode=True, mig_devices=(MigDevice(MIG_A, 1, 0, 1),)),
             NvmlGpu(1, GPU_H),
         ),
     )
-    run = validation._Run(Config(), Root(), None, False, 0.0, nvml=nvml)
-    run.selection = Selection(selected)
-    return run
+    selection = Selection(selected)
+    expected = nvml.expected_uuids(facts, selection)
+    allowed = {g.uuid for g in nvml.targets(facts, selection)}
+    return container.compare("image", seen, expected, allowed)
 
 
 GPU_A, MIG_A, GPU_H = probe.listed_uuids(SMI_L)
 
 
 def test_container_sees_what_nvml_sees():
-    out = validation._compare_uuids(container_run(), (GPU_A, MIG_A, GPU_H))
+    out = compare((GPU_A, MIG_A, GPU_H))
     assert out.status == "ok"
 
 
 def test_container_sees_a_selected_mig_device_under_its_parent():
-    out = validation._compare_uuids(container_run((MIG_A,)), (GPU_A, MIG_A))
+    out = compare((GPU_A, MIG_A), (MIG_A,))
     assert out.status == "ok"
 
 
 @pytest.mark.parametrize("seen", [(), (GPU_A, MIG_A), (GPU_H, GPU_A)])
 def test_container_gpu_mismatch(seen):
-    out = validation._compare_uuids(container_run((GPU_H,)), seen)
+    out = compare(seen, (GPU_H,))
     assert out.status == "fail" and out.problem.name == "container_gpu_mismatch"

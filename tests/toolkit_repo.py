@@ -1,6 +1,6 @@
 """A stand-in NVIDIA Container Toolkit, packaged for real, and a signed flat apt repository.
 
-Two packages built with dpkg-deb, shaped like NVIDIA's (gpu-stack.md 2.3):
+Two packages built with dpkg-deb, shaped like NVIDIA's (the same names, files and dependency):
 - nvidia-container-toolkit-base: /usr/bin/nvidia-ctk (a Python script that does
   `runtime configure --runtime=docker` the way the real one does: whole file rewritten, keys
   sorted, 4-space indent, runtimes.nvidia added, fails on an empty or invalid file; with
@@ -199,3 +199,18 @@ def stop_gpg_agents(workdir: Path) -> None:
             check=False,
             capture_output=True,
         )
+
+
+def bake_packages(root: Path, workdir: Path) -> None:
+    """An image root with a dpkg database and the two packages baked in, as the appliance
+    image ships them (agent/toolkit.py BAKED_DIR): what a boot installs offline."""
+    import shutil
+
+    from agent.toolkit import BAKED_DIR
+
+    (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/dpkg/status").touch()
+    baked = root / BAKED_DIR.lstrip("/")
+    baked.mkdir(parents=True)
+    for deb in build_packages(workdir):
+        shutil.copy(deb, baked)

@@ -2,7 +2,7 @@
 
 Runs inside the SuperNode (or SuperExec) container, in the ClientApp's own process, so it reads
 only the environment the agent gave that container and imports nothing but the stdlib and,
-lazily, torch. The agent's contract (see agent/supernode.py):
+lazily, torch. The agent's contract (see agent/plan.py, the container spec):
 - `FL_GPU_MODE=CPU` - the agent decided on CPU mode: never touch CUDA, whatever is visible.
 - `CUDA_VISIBLE_DEVICES` empty, `void`, `none` or `-1` - no GPU is meant to be visible.
 - `NVIDIA_VISIBLE_DEVICES` `void` or `none` - the container toolkit injected no GPU, unless the

@@ -2,7 +2,8 @@
 
 `/proc/driver/nvidia/version` exists only while the module is loaded; its first line names the
 version in two layouts (proprietary and open module), so the version is the first
-`N.N(.N)` token after "Kernel Module", not a fixed column (gpu-stack.md section 4).
+`N.N(.N)` token after "Kernel Module", not a fixed column (tests/fixtures_gpu.py has both
+lines).
 """
 
 from __future__ import annotations

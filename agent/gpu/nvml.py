@@ -2,7 +2,7 @@
 
 NVML is the primary source: nvidia-smi's output "is not guaranteed to be backwards compatible",
 NVML and its Python bindings are. Every NVML error class maps to a `Problem` with the cause and
-the fix an operator needs (gpu-stack.md section 3.1). GPUs are keyed by UUID: NVML's index may
+the fix an operator needs (`_CAUSES` below). GPUs are keyed by UUID: NVML's index may
 differ from CUDA's.
 """
 

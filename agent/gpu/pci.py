@@ -1,7 +1,7 @@
 """NVIDIA GPUs on the PCI bus, read from sysfs, plus what the guest can see of its passthrough.
 
 Works without any NVIDIA software: it is how the agent tells "no GPU in this VM" apart from
-"a GPU the driver cannot drive". Rules after go-nvlib `nvpci` (gpu-stack.md section 4):
+"a GPU the driver cannot drive". Rules after NVIDIA/go-nvlib's `pkg/nvpci`:
 vendor 0x10de, class 0x0300xx (VGA) or 0x0302xx (3D controller), SR-IOV virtual functions
 (a `physfn` link) skipped. NVSwitch bridges (class 0x0680xx) are counted apart: they mark an
 HGX system whose NVLink fabric must be ready before CUDA works.

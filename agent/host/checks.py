@@ -1,7 +1,8 @@
 """The KVM host's GPU passthrough prerequisites, checked over the Root (seed: validate-host-gpu.sh).
 
-Each check returns one `HostStage` (the validation's stage shape: name, status ok|warn|fail|skip,
-detail, hint = the FIX line, duration_ms). The verdict: FAILED when any check fails,
+Each check is a function `(root) -> (status, detail, hint)`; `check_host` runs them through the
+stage runner the validation uses (agent/stages.py: name, status ok|warn|fail|skip, detail,
+hint = the FIX line, duration_ms). The verdict: FAILED when any check fails,
 PASSED_WITH_WARNINGS when any warns, else PASSED. Decisions beyond the seed script:
 - no NVIDIA GPU on the host fails: there is nothing to pass through;
 - a pci.conf whose filter leaves NVIDIA (10de) out fails: OpenNebula will not offer the GPUs;
@@ -10,15 +11,16 @@ PASSED_WITH_WARNINGS when any warns, else PASSED. Decisions beyond the seed scri
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.gpu.pci import PciGpu, scan_pci
 from agent.host import pciconf
 from agent.host.passthrough import PASSTHROUGH_CHECKS
+from agent.outcome import StageStatus
 from agent.paths import Root
+from agent.stages import Check, StageResult, run_stage
 
 # pci.conf on the front-end, then the copy `onehost sync` leaves on each host.
 PCI_CONF_PATHS = (
@@ -32,21 +34,12 @@ BRIDGE_CLASS = "0x0604"  # PCI bridges may stay with the host inside a passed-th
 VFIO_SAFE_DRIVERS = (None, "vfio-pci", "pci-stub")
 
 
-@dataclass(frozen=True)
-class HostStage:
-    name: str
-    status: str  # ok | warn | fail | skip
-    detail: str
-    hint: str = ""
-    duration_ms: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+HostCheck = Callable[[Root], tuple[str, str, str]]
 
 
 @dataclass(frozen=True)
 class HostReport:
-    stages: tuple[HostStage, ...]
+    stages: tuple[StageResult, ...]
 
     @property
     def verdict(self) -> str:
@@ -63,7 +56,7 @@ class HostReport:
 
 def check_host(root: Root) -> HostReport:
     """Run every check, in the order an operator fixes them."""
-    checks: tuple[Callable[[Root], tuple[str, str, str]], ...] = (
+    checks: tuple[HostCheck, ...] = (
         iommu_cmdline,
         iommu_groups,
         vfio_module,
@@ -73,14 +66,12 @@ def check_host(root: Root) -> HostReport:
         pci_filter,
         *PASSTHROUGH_CHECKS,
     )
-    return HostReport(tuple(_timed(check, root) for check in checks))
+    return HostReport(tuple(run_stage(check.__name__, _as_stage, check, root) for check in checks))
 
 
-def _timed(check: Callable[[Root], tuple[str, str, str]], root: Root) -> HostStage:
-    started = time.monotonic()
+def _as_stage(check: HostCheck, root: Root) -> Check:
     status, detail, hint = check(root)
-    duration = int((time.monotonic() - started) * 1000)
-    return HostStage(check.__name__, status, detail, hint, duration)
+    return Check(StageStatus(status), detail, hint)
 
 
 def _read(path: Path) -> str | None:

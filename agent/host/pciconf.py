@@ -1,10 +1,11 @@
 """OpenNebula's PCI probe filter (`pci.conf`), read without a YAML library.
 
-PyYAML is not a dependency, and the file has one small known shape (opennebula.md 5.4): a few
-top-level symbol keys (`:filter:`, `:short_address:`, `:device_name:`, `:nvidia_vendors:`) whose
-values are a scalar (plain or quoted), a flow list (`['10de:*', '8086::0c03']`) or a block list
-(`- '10de:*'` lines). That is all this reader understands; anything else under a key is kept
-as raw text and simply matches nothing.
+PyYAML is not a dependency, and the file has one small known shape (the one OpenNebula installs
+under PCI_CONF_PATHS, agent/host/checks.py): a few top-level symbol keys (`:filter:`,
+`:short_address:`, `:device_name:`, `:nvidia_vendors:`) whose values are a scalar (plain or
+quoted), a flow list (`['10de:*', '8086::0c03']`) or a block list (`- '10de:*'` lines). That
+is all this reader understands; anything else under a key is kept as raw text and simply
+matches nothing.
 
 The filter uses `lspci -d` syntax, `vendor:device[:class]` in hex with `*` for any; a string
 value may hold several filters separated by commas.

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from agent.cli import ExitCode
 from agent.errors import AgentError
+from agent.outcome import ExitCode
 from agent.terminal import escape_controls
 
 if TYPE_CHECKING:

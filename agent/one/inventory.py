@@ -1,7 +1,7 @@
 """NVIDIA PCI devices across the hosts, from ``one.hostpool.info``.
 
 The host pool's ``HOST/HOST_SHARE/PCI_DEVICES/PCI`` entries are what the monitoring probe found
-and what the scheduler assigns (reference opennebula.md section 5.2): ``SHORT_ADDRESS`` is
+and what the scheduler assigns (OpenNebula/one's HostSharePCI): ``SHORT_ADDRESS`` is
 lspci's ``bus:slot.func``, ``TYPE`` is ``vendor:device:class``, ``VMID`` is -1 when free and
 ``NUMA_NODE`` is ``-`` when unknown. pyone parses the pool into bindings; this module turns
 them into plain values.

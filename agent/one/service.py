@@ -6,7 +6,7 @@ Shape: the one OpenNebula 6.10 and 7.x both accept (agent/one/versions.py): role
 ``type: vm``, ``custom_attrs`` -> ``user_inputs``) before it validates, whereas 6.10 would reject
 7.0's own shape (no ``vm_template``) only when the service is instantiated.
 ``deployment: straight`` deploys a role only when its parents run; with ``ready_status_gate``
-"running" means the VM reported ``READY=YES`` through OneGate (reference opennebula.md 3.8),
+"running" means the VM reported ``READY=YES`` through OneGate (docs/onegate.md),
 so the SuperNodes start after the SuperLink is serving, and OneFlow counts a SuperNode only
 when fl-agent reports it ready.
 

@@ -2,7 +2,7 @@
 
 The PCI request is either by address (``PCI = [ SHORT_ADDRESS = "41:00.0" ]``, matched first by
 address on any host that has it free) or by model (``PCI = [ VENDOR, DEVICE, CLASS ]``, any
-free device of that model); oned's HostSharePCI::test, reference opennebula.md section 5.3.
+free device of that model), as oned's HostSharePCI::test (OpenNebula/one) matches them.
 All PCI entries of a VM come from one host, so several addresses must be free on one host.
 """
 

@@ -10,7 +10,6 @@ moved aside as `<name>.bad` and named in the log: it never stops a later boot.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import time
@@ -86,21 +85,12 @@ class Outbox:
 
         Only the holder sends, so two processes (the boot, the re-send timer) never interleave.
         """
+        from agent.state import file_lock
+
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            held = False
-            while not held:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held = True
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.02)
+        wait_s = max(0.0, deadline - time.monotonic())
+        with file_lock(self.directory / ".lock", wait_s=wait_s, poll_s=0.02) as held:
             yield held
-        finally:
-            os.close(fd)
 
 
 def _seq(path: Path) -> int:

@@ -15,11 +15,11 @@ import base64
 import binascii
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from agent.command import RunResult, run_command
 from agent.errors import Problem
 from agent.paths import Root
 
@@ -51,7 +51,7 @@ class ReadyPolicy:
     def check(
         self,
         root: Root,
-        run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+        run: Callable[..., RunResult] = run_command,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Problem | None:
         """None when READY=YES may be reported now; else why not."""
@@ -86,22 +86,13 @@ class ReadyPolicy:
             "see the journal; the next boot or re-convergence runs it again",
         )
 
-    def _run(self, argv: list, run: Callable[..., subprocess.CompletedProcess]) -> str:
-        """'' when the script succeeded; else what happened."""
-        try:
-            result = run(
-                argv,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=self.timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return f"no exit within {self.timeout_s:.0f} s"
-        except OSError as exc:
-            return f"cannot run it: {exc.strerror}"
-        return "" if result.returncode == 0 else f"exit status {result.returncode}"
+    def _run(self, argv: list, run: Callable[..., RunResult]) -> str:
+        """'' when the script succeeded; else what happened (agent/command.py's runner: 124
+        and a "timed out" line when it did not end in time, 127 when it could not start)."""
+        result = run(argv, timeout=self.timeout_s, env={**os.environ, **self.env})
+        if result.ok:
+            return ""
+        return f"exit status {result.returncode}: {result.tail(2)}"
 
 
 def _decoded(script: str) -> bytes:

@@ -47,9 +47,10 @@ class Reporter:
         ready: ReadyPolicy | None = None,
         root: Root | None = None,
     ) -> None:
-        from agent.config import endpoint_error
+        from agent.context import endpoint_error
 
         self.endpoint = endpoint
+        self.vmid = vmid
         self.total_timeout_s = total_timeout_s
         self.last_problem: Problem | None = None
         self.ready = ready or ReadyPolicy()
@@ -75,18 +76,20 @@ class Reporter:
         )
 
     @classmethod
-    def from_config(
+    def from_platform(
         cls,
-        config,
+        platform,
         root: Root,
         *,
         total_timeout_s: float = 10.0,
         ready: ReadyPolicy | None = None,
     ) -> Reporter:
+        """From the context's platform values (agent/context.py `Platform`): there even when
+        the FL_* values are invalid."""
         reporter = cls(
-            endpoint=config.onegate_endpoint,
-            vmid=config.vmid,
-            token=config.token,
+            endpoint=platform.onegate_endpoint,
+            vmid=platform.vmid,
+            token=platform.token,
             queue_dir=queue_dir(root),
             total_timeout_s=total_timeout_s,
             ready=ready,
@@ -96,9 +99,9 @@ class Reporter:
             missing = [
                 name
                 for name, value in (
-                    ("ONEGATE_ENDPOINT", config.onegate_endpoint),
-                    ("VMID", config.vmid),
-                    ("token", config.token),
+                    ("ONEGATE_ENDPOINT", platform.onegate_endpoint),
+                    ("VMID", platform.vmid),
+                    ("token", platform.token),
                 )
                 if not value
             ]
@@ -111,18 +114,10 @@ class Reporter:
 
     @classmethod
     def from_context(cls, context, root: Root, *, total_timeout_s: float = 10.0) -> Reporter:
-        """From the context's platform values alone (ONEGATE_ENDPOINT, VMID, the token), so
-        that a context with invalid FL_* values still reports."""
-        variables = context.variables
-        vmid = variables.get("VMID", "").strip()
-        return cls(
-            endpoint=variables.get("ONEGATE_ENDPOINT", "").strip().rstrip("/") or None,
-            vmid=vmid if vmid.isdigit() else None,
-            token=context.token,
-            queue_dir=queue_dir(root),
-            total_timeout_s=total_timeout_s,
-            ready=ReadyPolicy.from_variables(variables),
-            root=root,
+        """From the context alone: its platform values and READY as one-context decides it."""
+        ready = ReadyPolicy.from_variables(context.variables)
+        return cls.from_platform(
+            context.platform, root, total_timeout_s=total_timeout_s, ready=ready
         )
 
     # -- reports
@@ -345,15 +340,15 @@ def queue_dir(root: Root) -> Path:
     return root.state_dir / "onegate-queue"
 
 
-def remote_status(config, root: Root) -> dict[str, Any]:
+def remote_status(platform, root: Root) -> dict[str, Any]:
     """What OneGate holds for this VM (the FL_* attributes and READY, base64 decoded), and
     how many reports wait in the local queue. AgentError when OneGate is off or fails."""
-    reporter = Reporter.from_config(config, root)
+    reporter = Reporter.from_platform(platform, root)
     vm = reporter.get_vm()["VM"]
     template = vm.get("USER_TEMPLATE") or {}
     decoded = decode_attributes(template if isinstance(template, dict) else {})
     return {
-        "endpoint": config.onegate_endpoint,
+        "endpoint": platform.onegate_endpoint,
         "vmid": vm.get("ID"),
         "name": vm.get("NAME"),
         "state": vm.get("STATE"),

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.outcome import READY, BootState
+
 ATTRIBUTES: Mapping[str, str] = {
     "FL_STATE": "the boot's state, one of STATES",
     "FL_GPU_MODE": "GPU or CPU: how the SuperNode runs",
@@ -54,18 +56,9 @@ ATTRIBUTES: Mapping[str, str] = {
 }
 """Every attribute the agent publishes: the one table (docs/onegate.md renders it)."""
 
-STATES = (
-    "BOOTING",
-    "CONFIGURING",
-    "VALIDATING",
-    "INSTALLING_TOOLKIT",
-    "STARTING",
-    "RUNNING",
-    "DEGRADED",
-    "FAILED",
-)
-READY_STATES = ("RUNNING", "DEGRADED")
-"""The states in which a node may report READY=YES: its SuperNode container runs."""
+STATES = tuple(BootState)
+READY_STATES = tuple(s for s in BootState if s in READY)
+"""The states in which a node may report READY=YES (agent/outcome.py defines them)."""
 READY_ATTRIBUTES = ("READY", "FL_NODE_READY")
 """The attributes that carry READY=YES: deleted first, set last."""
 

@@ -1,0 +1,120 @@
+"""The Engine API client's own parts, without an engine: HTTP framing over a real socket pair,
+the log stream's frames, DOCKER_HOST forms and the error classifier."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+
+import pytest
+
+from agent import engine
+from agent.engine import Engine, EngineError, ErrorKind
+
+
+def answer(raw: bytes) -> engine._Response:
+    """The client's view of `raw` sent by a server over a real socket (then closed)."""
+    client, server = socket.socketpair()
+
+    def serve() -> None:
+        server.sendall(raw)
+        server.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    response = engine._Response(client)
+    thread.join()
+    return response
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def test_a_body_by_content_length():
+    body = json.dumps({"Id": "abc"}).encode()
+    raw = b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    response = answer(raw)
+    assert response.status == 201 and json.loads(response.read()) == {"Id": "abc"}
+
+
+def test_a_chunked_stream_gives_its_lines_across_chunk_borders():
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(
+        b'{"status":"Pulling"}\n{"sta', b'tus":"Done"}\n', b'{"error":"x"}'
+    )
+    lines = list(answer(raw).lines())
+    assert lines == [b'{"status":"Pulling"}', b'{"status":"Done"}', b'{"error":"x"}']
+
+
+def test_a_body_until_the_connection_closes_and_no_body_at_all():
+    assert answer(b"HTTP/1.1 200 OK\r\n\r\nOK").read() == b"OK"
+    assert answer(b"HTTP/1.1 204 No Content\r\n\r\n").read() == b""
+
+
+def test_not_http_is_an_error():
+    with pytest.raises(OSError):
+        answer(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+
+def test_log_frames_of_a_container_without_a_tty():
+    frames = b"".join(
+        struct.pack(">BxxxI", stream, len(text)) + text
+        for stream, text in ((1, b"out line\n"), (2, b"err line\n"))
+    )
+    assert engine._demultiplex(frames) == "out line\nerr line\n"
+    assert engine._demultiplex(b"raw tty output\n") == "raw tty output\n"
+
+
+@pytest.mark.parametrize(
+    "host", ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "tcp://engine:2376"]
+)
+def test_docker_host_forms(host):
+    assert Engine(host).host == host
+
+
+@pytest.mark.parametrize("host", ["ssh://user@host", "npipe:////./pipe/docker", "tcp://nopor"])
+def test_unsupported_docker_host_is_a_clear_error(host):
+    with pytest.raises(EngineError, match="only unix:// and tcp://"):
+        Engine(host)
+
+
+def test_an_engine_that_does_not_answer_is_engine_gone():
+    with pytest.raises(EngineError) as info:
+        Engine("unix:///nonexistent/docker.sock").ping()
+    assert info.value.kind is ErrorKind.ENGINE_GONE
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kind"),
+    [
+        (None, "connection refused", ErrorKind.ENGINE_GONE),
+        (404, "No such image: x:1", ErrorKind.IMAGE_MISSING),
+        (500, 'could not select device driver "" with capabilities: [[gpu]]',
+         ErrorKind.GPU_REFUSED),
+        (500, "OCI runtime create failed: ... error running hook #0: ...", ErrorKind.GPU_REFUSED),
+        (500, "OCI runtime create failed: exec: no such file", ErrorKind.START_FAILED),
+        (409, "Conflict. The container name is already in use", ErrorKind.START_FAILED),
+    ],
+)  # fmt: skip
+def test_the_one_classifier(status, message, kind):
+    assert EngineError(message, status).kind is kind
+
+
+def test_quoting_keeps_references_and_escapes_the_rest():
+    assert engine._q("registry:5000/repo/name:tag") == "registry:5000/repo/name:tag"
+    assert engine._q('{"label":["a=b"]}') == "%7B%22label%22:%5B%22a%3Db%22%5D%7D"
+
+
+def test_the_engine_is_reached_from_agent_engine_only():
+    """No module of the agent imports the docker SDK; only agent/engine.py opens sockets."""
+    import re
+    from pathlib import Path
+
+    package = Path(engine.__file__).parent
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import docker|from docker)\b", text, re.M), path
+        if path.name != "engine.py":
+            assert "AF_UNIX" not in text and "socket.socket(" not in text, path
