@@ -275,10 +275,46 @@ class Engine:
         result = self._call("POST", f"/containers/{_q(container_id)}/wait", timeout=timeout_s)
         return int((result or {}).get("StatusCode", -1))
 
-    def logs(self, container_id: str, tail: int | None = None) -> str:
-        query = {"stdout": 1, "stderr": 1}
+    def restart(self, container_id: str, timeout_s: int = 10) -> None:
+        """Stop (SIGTERM, SIGKILL after `timeout_s`) and start again: the engine builds the
+        container's runtime spec anew, so the NVIDIA prestart hook runs again; same id, log."""
+        self._call(
+            "POST",
+            f"/containers/{_q(container_id)}/restart",
+            query={"t": timeout_s},
+            timeout=self.timeout_s + timeout_s,
+        )
+
+    def exec(
+        self, container_id: str, argv: list[str], *, timeout_s: float = 30.0
+    ) -> tuple[int, str]:
+        """Run `argv` in the running container; (exit code, stdout and stderr together)."""
+        body = {"Cmd": argv, "AttachStdout": True, "AttachStderr": True, "Tty": False}
+        exec_id = self._call("POST", f"/containers/{_q(container_id)}/exec", body=body)["Id"]
+        start = {"Detach": False, "Tty": False}
+        with self._open("POST", f"/exec/{exec_id}/start", body=start, timeout=timeout_s) as answer:
+            output = _demultiplex(answer.read())
+        code = (self._call("GET", f"/exec/{exec_id}/json") or {}).get("ExitCode")
+        return (-1 if code is None else int(code)), output
+
+    def logs(
+        self,
+        container_id: str,
+        tail: int | None = None,
+        *,
+        since: str | None = None,
+        timestamps: bool = False,
+    ) -> str:
+        """The container's log; `since`: from that instant on (Unix seconds, with nanoseconds
+        after a dot; the engine keeps lines at that very instant); `timestamps`: each line
+        starts with its RFC 3339 time and a space."""
+        query: dict[str, Any] = {"stdout": 1, "stderr": 1}
         if tail is not None:
             query["tail"] = tail
+        if since is not None:
+            query["since"] = since
+        if timestamps:
+            query["timestamps"] = 1
         with self._open("GET", f"/containers/{_q(container_id)}/logs", query=query) as response:
             return _demultiplex(response.read())
 
