@@ -34,6 +34,7 @@ from agent.watch import (
 )
 from emulators.onegate import OneGateEmulator
 from tests.fixtures_gpu import H100_UUID, REPO, h100, nvml_env, nvml_stub  # noqa: F401
+from tests.test_gpu_access import STANDIN, gpu_engine  # noqa: F401 - the private GPU engine
 
 OTHER_UUID = "GPU-7e000000-2222-4a2b-9c3d-0123456789ab"
 VMID = 42
@@ -230,7 +231,7 @@ def test_xid_events_reach_onegate_with_their_action_only_on_change(
         state = json.loads((root / "var/lib/fl-agent/watch.json").read_text())
         assert state["sent"]["FL_GPU_LAST_XID"] == "79"
         named = {p["name"] for p in state["problems"]}
-        assert named and named <= {"docker_unavailable", "supernode_log_unreadable"}
+        assert named == {"supernode_log_unreadable", "gpu_access_unchecked"}
         status = subprocess.run(
             [sys.executable, "-m", "agent", "--root", str(root), "status", "--json"],
             env=env, capture_output=True, text=True, timeout=30,
@@ -278,3 +279,109 @@ def test_bad_interval_is_refused():
         capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert proc.returncode == 2 and "--interval" in proc.stderr
+
+
+# --- GPU-mode containers on a private engine: lost access restored, the SuperNode's log ---
+
+INTERVAL_S = 4
+
+
+def standin_spec():
+    """The SuperNode's spec as a plan makes it, for the stand-in GPU image: the per-start
+    tmpfs is where the stand-in keeps its lost access (tests/images/gpu-standin)."""
+    from agent.outcome import Mode
+    from agent.plan import ContainerSpec
+
+    return ContainerSpec(
+        image=STANDIN,
+        command=(),
+        environment=(("FLWR_LOG_LEVEL", "INFO"),),
+        mode=Mode.GPU,
+        runtime=None,
+        gpu_device_ids=(H100_UUID,),
+        tmpfs=(("/run/gpu-standin", "rw"),),
+        network_mode="none",
+    )
+
+
+def boot_record(spec, container_id: str) -> dict:
+    return {
+        "state": "RUNNING",
+        "plan": {"spec": spec.to_dict(), "fallback": None},
+        "container": {"container_id": container_id, "mode": "GPU", "spec_hash": spec.spec_hash},
+    }
+
+
+def say(engine, line: str) -> None:
+    """A line on the container's own output, as the SuperNode prints it."""
+    engine.docker("exec", "flower-supernode", "sh", "-c", f"echo '{line}' >/proc/1/fd/1")
+
+
+def container_id(engine) -> str:
+    return engine.docker("inspect", "-f", "{{.Id}}", "flower-supernode").stdout.strip()
+
+
+@pytest.mark.docker
+def test_the_watch_restores_lost_gpu_access_and_follows_the_supernode_log(
+    tmp_path,
+    onegate,
+    nvml_stub,  # noqa: F811
+    gpu_engine,  # noqa: F811
+):
+    from agent.engine import Engine, create_body
+
+    spec = standin_spec()
+    engine = Engine(gpu_engine.host)
+    first = engine.create(create_body(spec), spec.name)
+    engine.start(first)
+    root, context = watch_tree(tmp_path, onegate, boot_record(spec, first))
+    env = {**nvml_env(nvml_stub, h100(), tmp_path), "DOCKER_HOST": gpu_engine.host}
+    child = start_watch(root, context, env, "--interval", str(INTERVAL_S))
+
+    def template() -> dict:
+        return onegate.user_template(VMID)
+
+    try:
+        wait_for(lambda: template().get("FL_GPU_ACCESS") == "OK", 30, "access checked")
+        assert template()["FL_SUPERNODE_STATUS"] == "STARTING"
+        say(gpu_engine, "INFO :      SuperNode ID: 4242")
+        wait_for(lambda: template().get("FL_SUPERNODE_STATUS") == "CONNECTED", 15, "connected")
+        say(gpu_engine, "WARNING :   Connection attempt failed, retrying in 2.41 seconds")
+        wait_for(lambda: template().get("FL_SUPERNODE_STATUS") == "RECONNECTING", 15, "retrying")
+
+        # A daemon-reload took the GPUs away (per start state): a restart brings them back.
+        gpu_engine.docker("exec", "flower-supernode", "sh", "-c", "touch /run/gpu-standin/lost")
+        lost_at = time.monotonic()
+        repaired = wait_for(
+            lambda: "restart at" in template().get("FL_GPU_ACCESS_REPAIR", ""), 30, "the restart"
+        )
+        assert time.monotonic() - lost_at < INTERVAL_S + 10  # within one interval (+ the restart)
+        assert repaired and template()["FL_GPU_ACCESS_REPAIR"].endswith(": restored")
+        assert template()["FL_GPU_ACCESS"] == "OK" and container_id(gpu_engine) == first
+        smi = gpu_engine.docker("exec", "flower-supernode", "nvidia-smi", "-L")
+        assert H100_UUID in smi.stdout
+        assert template()["FL_SUPERNODE_STATUS"] == "RECONNECTING"  # same container, same log
+
+        # A loss the restart cannot clear: the recreate from the boot's spec does.
+        gpu_engine.docker(
+            "exec", "flower-supernode", "sh", "-c", "mkdir -p /var/lib/gpu-standin; "
+            "touch /var/lib/gpu-standin/lost"
+        )  # fmt: skip
+        wait_for(
+            lambda: "restart then recreate" in template().get("FL_GPU_ACCESS_REPAIR", ""),
+            40,
+            "the recreate",
+        )
+        assert template()["FL_GPU_ACCESS_REPAIR"].endswith(": restored")
+        second = container_id(gpu_engine)
+        assert second != first
+        labels = json.loads(
+            gpu_engine.docker("inspect", "-f", "{{json .Config.Labels}}", second).stdout
+        )
+        assert labels["fl-agent.spec-hash"] == spec.spec_hash  # a re-convergence keeps it
+        wait_for(lambda: template().get("FL_SUPERNODE_STATUS") == "STARTING", 15, "a new log")
+        assert "READY" not in template()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err[-3000:]
