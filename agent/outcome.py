@@ -116,6 +116,35 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "run `fl-agent validate` for the failing stage",
     ),
     "validation_error": ("a validation stage crashed", "report a bug"),
+    # the watch (each retried at its next tick)
+    "nvml_unreadable": (
+        "NVML could not be read",
+        "check the driver: `nvidia-smi` on the VM; the watch retries",
+    ),
+    "nvml_events_failed": (
+        "waiting on NVML events failed",
+        "check the driver: `nvidia-smi` on the VM; the watch opens the event set again",
+    ),
+    "supernode_log_unreadable": (
+        "the SuperNode container's log could not be read",
+        "check `docker ps -a` and `systemctl status docker`; the watch retries",
+    ),
+    "gpu_access_unchecked": (
+        "the SuperNode container's GPU access could not be checked or repaired",
+        "check `docker exec flower-supernode nvidia-smi -L`; the watch retries",
+    ),
+    "onegate_unavailable": (
+        "the watch cannot report to OneGate",
+        "check the context (ONEGATE_ENDPOINT, VMID, TOKEN=YES); the watch retries",
+    ),
+    "onegate_report_failed": (
+        "a watch report to OneGate failed",
+        "see the OneGate problem in the log; the watch sends it again",
+    ),
+    "watch_tick_failed": (
+        "one observation of the watch failed",
+        "report a bug with `journalctl -u fl-agent-watch`; the watch carries on",
+    ),
     # the engine
     "docker_unavailable": ("the Docker engine does not answer", _DOCKER_FIX),
     "image_pull_failed": (

@@ -31,6 +31,7 @@ from agent import log
 from agent.errors import Problem
 from agent.gpu import access as gpu_access
 from agent.gpu import health as gpu_health
+from agent.outcome import problem
 from agent.paths import Root
 from agent.supernode_status import LogState, SupernodeStatus, advance
 
@@ -573,7 +574,7 @@ class Watch:
             self._problem(name, subject, str(exc))
 
     def _problem(self, name: str, subject: str, message: str) -> None:
-        found = Problem(name, subject, " ".join(message.split())[:300], "the watch retries")
+        found = problem(name, subject, " ".join(message.split())[:300])
         _log().error(name, subject=subject, message=found.message)
         self.state = replace(self.state, problems=(*self.state.problems, found))
 

@@ -20,6 +20,7 @@ BENCHES = {
     "cli": (["-m", "bench.cli_startup"], ["cli_startup"]),
     "boot": (["-m", "bench.boot"], ["boot_converged", "boot_first", "boot_memory"]),
     "herd": (["-m", "bench.onegate_herd"], ["onegate_herd"]),
+    "watch": (["-m", "bench.watch_budget"], ["watch_budget"]),
 }
 FUZZ = REPO / "bench" / "fuzz_context.sh"
 
