@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from agent import log
-from agent.errors import Problem
+from agent.errors import AgentError, Problem
 from agent.gpu import access as gpu_access
 from agent.gpu import health as gpu_health
 from agent.outcome import problem
 from agent.paths import Root
+from agent.state import boot_lock, read_state, write_private_json
 from agent.supernode_status import LogState, SupernodeStatus, advance
 
 DEFAULT_INTERVAL_S = 60.0
@@ -440,8 +441,6 @@ class Watch:
         return self.state
 
     def _target(self) -> Target | None:
-        from agent.state import read_state
-
         return target_from_record(read_state(self.root))
 
     def _read_health(self) -> gpu_health.HealthFacts | None:
@@ -474,35 +473,51 @@ class Watch:
         self.state = replace(state, supernode=folded, log_since=since)
 
     def _access(self, docker: Docker, target: Target, facts) -> None:
-        """Check from inside the container; climb the repair ladder while access is lost."""
+        """Check from inside the container; climb the repair ladder while access is lost.
+
+        The repairs made for one loss are kept across ticks (`tried`) until access is back: a
+        loss neither repair clears is reported, not repaired again at every tick."""
         container_id = docker.running(target.name)
         if container_id is None:  # not running: the re-convergence's business
             self.state = replace(self.state, access={"state": "not_running"})
             return
         access = self._check(docker, container_id, target)
         host = {g.uuid for g in (facts.gpus if facts else ()) if g.uuid and not g.lost}
-        tried: list[str] = []
-        while (action := gpu_access.repair_for(access, host, tried)) is not None:
-            _log().warning("gpu access lost", reason=access.reason, repair=action)
-            if action == gpu_access.RESTART:
-                docker.restart(container_id)
-            else:
-                if target.spec is None:
-                    break
-                container_id = docker.recreate(container_id, target.spec)
-            tried.append(action)
-            access = self._check(docker, container_id, target)
+        before = list(self.state.access.get("tried") or ()) if access.state != gpu_access.OK else []
+        tried = list(before)
+        if gpu_access.repair_for(access, host, tried) is not None:
+            try:
+                with boot_lock(self.root):  # never while a boot converges the same container
+                    access = self._repair(docker, container_id, target, access, host, tried)
+            except AgentError as exc:
+                _log().info("gpu access repair waits", reason=exc.first.name)
         record: dict[str, Any] = {
             "state": access.state,
             "reason": access.reason if access.state == gpu_access.LOST else None,
             "missing": list(access.missing),
+            "tried": tried if access.state == gpu_access.LOST else [],
             "repair": self.state.access.get("repair"),
         }
-        if tried:
+        if tried != before:
+            done = tried[len(before) :]
             outcome = "restored" if access.state == gpu_access.OK else "still lost"
-            record["repair"] = f"{' then '.join(tried)} at {self._now()}: {outcome}"
-            _log().warning("gpu access repair", repairs=tried, outcome=outcome)
+            record["repair"] = f"{' then '.join(done)} at {self._now()}: {outcome}"
+            _log().warning("gpu access repair", repairs=done, outcome=outcome)
         self.state = replace(self.state, access=record)
+
+    def _repair(self, docker, container_id, target, access, host, tried: list[str]):
+        """The ladder from where this loss stands; `tried` grows with each repair made."""
+        while (action := gpu_access.repair_for(access, host, tried)) is not None:
+            if action == gpu_access.RECREATE and target.spec is None:
+                break
+            _log().warning("gpu access lost", reason=access.reason, repair=action)
+            if action == gpu_access.RESTART:
+                docker.restart(container_id)
+            else:
+                container_id = docker.recreate(container_id, target.spec)
+            tried.append(action)
+            access = self._check(docker, container_id, target)
+        return access
 
     def _check(self, docker: Docker, container_id: str, target: Target) -> gpu_access.GpuAccess:
         code, output = docker.exec(container_id, gpu_access.COMMAND)
@@ -560,8 +575,6 @@ class Watch:
         return self._reporter
 
     def _save(self) -> None:
-        from agent.state import write_private_json
-
         self.state = replace(self.state, updated_at=self._now())
         failed = write_private_json(watch_state_path(self.root), self.state.to_dict(), "watch")
         if failed:

@@ -385,3 +385,41 @@ def test_the_watch_restores_lost_gpu_access_and_follows_the_supernode_log(
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=30)
     assert child.returncode == 0, err[-3000:]
+
+
+@pytest.mark.docker
+def test_a_loss_no_repair_clears_is_reported_once_not_repaired_at_every_tick(
+    tmp_path,
+    onegate,
+    nvml_stub,  # noqa: F811
+    gpu_engine,  # noqa: F811
+):
+    """Given every GPU (`--gpus all`), the stand-in lists none of the host's: neither the
+    restart nor the recreate brings the UUID in, so the watch says so and stops there."""
+    from dataclasses import replace
+
+    from agent.engine import Engine, create_body
+
+    spec = replace(standin_spec(), gpu_device_ids=(), gpu_count=-1)
+    engine = Engine(gpu_engine.host)
+    engine.start(engine.create(create_body(spec), spec.name))
+    rec = boot_record(spec, "gone")
+    rec["validation"] = {"selected": None, "facts": {"nvml": {"gpus": [{"uuid": H100_UUID}]}}}
+    root, context = watch_tree(tmp_path, onegate, rec)
+    env = {**nvml_env(nvml_stub, h100(), tmp_path), "DOCKER_HOST": gpu_engine.host}
+    child = start_watch(root, context, env, "--interval", str(INTERVAL_S))
+    try:
+        repair = wait_for(
+            lambda: onegate.user_template(VMID).get("FL_GPU_ACCESS_REPAIR"), 40, "the ladder"
+        )
+        assert repair.startswith("restart then recreate at") and repair.endswith(": still lost")
+        assert onegate.user_template(VMID)["FL_GPU_ACCESS"] == "LOST_ACCESS:missing_uuids"
+        recreated = container_id(gpu_engine)
+        time.sleep(3 * INTERVAL_S)  # three more ticks: no more repairs
+        assert container_id(gpu_engine) == recreated
+        assert onegate.user_template(VMID)["FL_GPU_ACCESS_REPAIR"] == repair
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err[-3000:]
+    assert err.count('"gpu access repair"') == 1
