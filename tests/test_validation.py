@@ -119,7 +119,7 @@ def test_driver_init_failed_on_a_bios_vm(tmp_path, nvml_stub):  # noqa: F811
     driver = stages(report)["driver"]
     assert report["problem"]["name"] == "gpu_driver_init_failed"
     assert "RmInitAdapter failed" in driver["detail"]
-    assert "BIOS" in driver["hint"] and "FIRMWARE=UEFI" in driver["hint"]
+    assert "BIOS" in driver["hint"] and "OS=[FIRMWARE=UEFI, MACHINE=q35]" in driver["hint"]
 
 
 # --- driver versions ---
