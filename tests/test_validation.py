@@ -266,6 +266,15 @@ def test_fabric_registration_failed(tmp_path, nvml_stub):  # noqa: F811
     assert report["failed_stage"] == "fabric"
 
 
+def test_fabric_failed_at_once_says_so_and_names_the_version_rule(tmp_path, nvml_stub):  # noqa: F811
+    """A registration already completed with an error is not reported "after 60s"."""
+    working(tmp_path)
+    report = run(tmp_path, nvml_stub, h100(fabric={"state": 3, "status": 999}), fabric_wait_s=60)
+    message, hint = report["problem"]["message"], stages(report)["fabric"]["hint"]
+    assert "status 999" in message and "60s" not in message and "after 0.0s" in message
+    assert "exactly the driver's version" in hint and DRIVER in hint
+
+
 # --- markers and the report ---
 
 

@@ -191,7 +191,9 @@ def _checks(
         "pci": lambda: pci.check(facts.pci, config.gpu_enabled),
         "driver": lambda: driver.check(facts.pci, facts.driver, facts.nvml),
         "nvml": lambda: nvml.check(facts.nvml, facts.pci, selection),
-        "fabric": lambda: fabric.check(chosen, facts.pci.nvswitches, fabric_wait_s),
+        "fabric": lambda: fabric.check(
+            chosen, facts.pci.nvswitches, fabric_wait_s, facts.nvml.driver_version
+        ),
         "toolkit": lambda: toolkit.check(observed.toolkit or ToolkitFacts(), repaired),
         "container": lambda: container.check(
             engine, observed.image, selection.uuids, expected, allowed
