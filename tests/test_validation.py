@@ -234,6 +234,49 @@ def test_mig_on_without_instances(tmp_path, nvml_stub):  # noqa: F811
     assert "no MIG devices" in report["problem"]["message"]
 
 
+def test_several_mig_devices_for_one_supernode_warn(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    gpu_vm_second(root)
+    variables = {"FL_CUDA_VISIBLE_DEVICES": ",".join(MIG_UUIDS[:2])}
+    report = run(tmp_path, nvml_stub, two_a100_mig(), variables=variables)
+    nvml = stages(report)["nvml"]
+    assert nvml["status"] == "warn" and "a CUDA process sees only one MIG device" in nvml["detail"]
+    assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in nvml["hint"]
+
+
+def _mig_without_instances() -> dict:
+    scenario = two_a100_mig()
+    scenario["devices"] = scenario["devices"][1:]
+    return scenario
+
+
+def test_mig_instances_are_waited_for_when_a_mig_tool_recreates_them(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    tool = root / "usr/bin/nvidia-mig-parted"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    report = run(tmp_path, nvml_stub, _mig_without_instances(), mig_wait_s=1)
+    assert report["problem"]["name"] == "mig_no_instances"
+    assert "waited 1s for /usr/bin/nvidia-mig-parted" in report["problem"]["message"]
+
+
+def test_no_mig_wait_without_a_mig_tool(tmp_path, nvml_stub):  # noqa: F811
+    working(tmp_path)
+    report = run(tmp_path, nvml_stub, _mig_without_instances(), mig_wait_s=1)
+    assert report["problem"]["name"] == "mig_no_instances"
+    assert "waited" not in report["problem"]["message"]
+
+
+def test_rm_init_failure_is_named_by_the_nvml_stage(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    line = "NVRM: GPU 0000:01:00.0: RmInitAdapter failed! (0x26:0x56:1474)"
+    kernel_log(root, line)
+    report = run(tmp_path, nvml_stub, h100(handle_error=999))
+    assert report["failed_stage"] == "nvml"
+    assert report["problem"]["name"] == "gpu_driver_init_failed"
+    assert line in report["problem"]["message"]
+
+
 def gpu_vm_second(root):
     from tests.fixtures_gpu import add_pci_function
 
