@@ -160,7 +160,8 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "the NVIDIA kernel module is not loaded",
         "`modprobe nvidia` and read the kernel log: 'Key was rejected by service' means Secure "
         "Boot refuses the module (enrol its MOK key or disable Secure Boot); no module for "
-        "`uname -r` means DKMS did not build it (install the kernel headers, `dkms autoinstall`)",
+        "`uname -r` or 'Unknown symbol' means DKMS did not build it for the running kernel "
+        "(`dkms status`; install the kernel headers, `dkms autoinstall`)",
     ),
     "cuda_driver_too_old": (
         "the image requires a newer CUDA than the driver supports",
