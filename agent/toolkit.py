@@ -41,6 +41,7 @@ from agent.config import Config
 from agent.errors import Problem
 from agent.paths import Root
 from agent.state import file_lock
+from agent.toolkit_modes import ModeResolution, resolve_mode
 
 NVIDIA_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
@@ -123,6 +124,15 @@ class ToolkitFacts:
     @property
     def ready(self) -> bool:
         return self.installed and self.configured and not self.problems
+
+    @property
+    def version(self) -> str | None:
+        """The toolkit's package version (the -base package on minimal installs)."""
+        return next((self.packages[p] for p in TOOLKIT_PACKAGES[:2] if p in self.packages), None)
+
+    def resolved_mode(self, component: str) -> ModeResolution:
+        """The mode the toolkit's `component` ("runtime" or "hook": Docker --gpus) resolves."""
+        return resolve_mode(self.mode_configured, self.version, component=component)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

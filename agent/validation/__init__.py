@@ -221,9 +221,14 @@ def _checks(
             engine, observed.image, selection.uuids, expected, allowed
         ),
         "framework": lambda: framework.check(
-            engine, observed.image, facts.nvml.cuda_driver_version, selection.uuids
+            engine, observed.image, facts.nvml, chosen, selection.uuids, _hook_mode(observed)
         ),
     }
+
+
+def _hook_mode(observed: Observed) -> str:
+    """The toolkit mode that serves Docker's --gpus (the hook's); legacy when not read."""
+    return (observed.toolkit or ToolkitFacts()).resolved_mode("hook").mode
 
 
 def _skip_reason(
