@@ -488,6 +488,7 @@ def _prepare(
             session.root,
             gpu_present=True,
             engine=session.engine,
+            restart_engine=not session.options.periodic,
         )
         session.progress.report(BootState.VALIDATING)
     facts = replace(facts, observed=observed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -140,28 +141,50 @@ def test_detect_reads_every_source(root):
     write_daemon(root, {"default-runtime": "runc", "runtimes": {"nvidia": {"path": "/x/ncr"}}})
     config = root.path(toolkit.RUNTIME_CONFIG)
     config.parent.mkdir(parents=True)
-    config.write_text('[nvidia-container-runtime]\nmode = "cdi"\n')
+    config.write_text('[nvidia-container-runtime]\nmode = "legacy"\n')
     facts = toolkit.detect(root, FakeEngine(("nvidia", "runc")))
     assert facts.ctk_path == "/usr/bin/nvidia-ctk"
     assert facts.hook_path == "/usr/bin/nvidia-container-runtime-hook"
     assert facts.packages == {"nvidia-container-toolkit": "1.17.8-1"}
     assert (facts.daemon_runtime, facts.default_runtime) == ("/x/ncr", "runc")
     assert facts.engine_runtimes == ("nvidia", "runc")
-    assert (facts.mode, facts.mode_configured) == ("cdi", "cdi")
+    assert (facts.mode, facts.mode_configured) == ("legacy", "legacy")
     assert facts.ready and facts.problems == ()
     assert json.loads(json.dumps(facts.to_dict()))["ready"] is True
 
 
-def test_auto_mode_resolves_to_legacy_and_a_missing_config_means_auto(root):
+def dpkg_toolkit(root: Root, version: str) -> None:
+    root.path(toolkit.DPKG_STATUS).write_text(
+        f"Package: nvidia-container-toolkit\nStatus: install ok installed\nVersion: {version}\n"
+    )
+
+
+def test_the_runtime_mode_is_the_toolkits_resolution_per_version(root):
     executable(root, "/usr/bin/nvidia-ctk")
     executable(root, "/usr/bin/nvidia-container-runtime-hook")
-    assert toolkit.detect(root).mode == "legacy"
+    dpkg_toolkit(root, "1.17.8-1")
+    assert toolkit.detect(root).mode == "legacy"  # no config.toml: auto
+    dpkg_toolkit(root, "1.18.0-1")
+    facts = toolkit.detect(root)
+    assert (facts.mode, facts.to_dict()["hook_mode"]) == ("jit-cdi", "legacy")
+    assert facts.ready  # --gpus runs the hook, which stays legacy
     config = root.path(toolkit.RUNTIME_CONFIG)
     config.parent.mkdir(parents=True)
-    config.write_text('[nvidia-container-runtime]\nmode = "jit-cdi"\n')
-    assert toolkit.detect(root).mode == "cdi"
     config.write_text("mode = [")
     assert [p.name for p in toolkit.detect(root).problems][-1] == "toolkit_config_invalid"
+
+
+@pytest.mark.parametrize("mode", ["cdi", "jit-cdi", "csv"])
+def test_a_mode_the_hook_refuses_is_not_configured(root, mode):
+    executable(root, "/usr/bin/nvidia-ctk")
+    executable(root, "/usr/bin/nvidia-container-runtime-hook")
+    dpkg_toolkit(root, "1.18.0-1")
+    config = root.path(toolkit.RUNTIME_CONFIG)
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[nvidia-container-runtime]\nmode = "{mode}"\n')
+    facts = toolkit.detect(root)
+    assert facts.mode == mode and not facts.configured and not facts.ready
+    assert [p.name for p in facts.problems] == ["toolkit_cdi_mode"]
 
 
 def test_hook_is_looked_up_on_the_running_dockerds_path(root):
@@ -177,13 +200,32 @@ def test_hook_is_looked_up_on_the_running_dockerds_path(root):
     assert facts.search_path == ("/opt/nvidia/bin", "/usr/bin")
 
 
-def test_engine_without_the_runtime_means_restart_needed(root):
+def dockerd_started_at(root: Root, epoch: int) -> None:
+    """A running dockerd under the root that started at `epoch` (btime + 0 ticks)."""
+    proc = root.path("/proc/4242")
+    proc.mkdir(parents=True)
+    (proc / "comm").write_text("dockerd\n")
+    (proc / "environ").write_bytes(b"PATH=/usr/bin\0")
+    (proc / "stat").write_text("4242 (dockerd) S " + " ".join(["0"] * 19) + " 0\n")
+    root.path("/proc/stat").write_text(f"cpu 1 2 3\nbtime {epoch}\n")
+
+
+def test_daemon_json_without_the_nvidia_runtime_is_configured(root):
+    """moby's --gpus needs the hook on dockerd's PATH, not runtimes.nvidia."""
     executable(root, "/usr/bin/nvidia-ctk")
     executable(root, "/usr/bin/nvidia-container-runtime-hook")
-    write_daemon(root, {"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}})
+    write_daemon(root, {"log-driver": "journald"})
     facts = toolkit.detect(root, FakeEngine(("io.containerd.runc.v2", "runc")))
+    assert facts.configured and facts.ready and facts.problems == ()
+
+
+def test_engine_started_before_the_hook_means_restart_needed(root):
+    executable(root, "/usr/bin/nvidia-ctk")
+    executable(root, "/usr/bin/nvidia-container-runtime-hook")
+    dockerd_started_at(root, 1000)  # long before the hook file appeared
+    facts = toolkit.detect(root)
     assert [p.name for p in facts.problems] == ["docker_restart_needed"]
-    assert not facts.ready
+    assert "started before" in facts.problems[0].message and not facts.ready
 
 
 @pytest.mark.docker
@@ -396,19 +438,21 @@ def test_a_failed_restart_fails(root, repo):
     assert (result.action, result.problem.name) == ("failed", "docker_restart_failed")
 
 
-def test_restart_when_the_engine_lacks_the_runtime(root, repo):
+def test_restart_when_the_engine_started_before_the_hook(root, repo):
     bake(root, repo)
     toolkit.ensure(AUTO, root, gpu_present=True, runner=GuardedRunner(root))
-    engine = FakeEngine(("runc",))
+    dockerd_started_at(root, 1000)
 
     class Restarting(GuardedRunner):
         def __call__(self, argv, *, timeout, env=None):
-            if argv[0] == "systemctl":
-                engine.runtimes = ("nvidia", "runc")
+            if argv[0] == "systemctl":  # the new dockerd starts after the hook was installed
+                root.path("/proc/stat").write_text(f"btime {int(time.time()) + 5}\n")
             return super().__call__(argv, timeout=timeout, env=env)
 
     runner = Restarting(root)
-    result = toolkit.ensure(AUTO, root, gpu_present=True, engine=engine, runner=runner)
+    result = toolkit.ensure(
+        AUTO, root, gpu_present=True, engine=FakeEngine(("runc",)), runner=runner
+    )
     assert runner.commands() == ["systemctl"]
     assert result.action == "present" and result.facts.ready
 
@@ -541,3 +585,14 @@ def test_installs_into_a_debian_system_at_root(docker_client, repo):
     assert "nvidia-container-toolkit 1.17.8-1 install ok installed" in out["dpkg"]
     assert "nvidia-container-toolkit-base 1.17.8-1 install ok installed" in out["dpkg"]
     assert out["daemon"] == ctk_shape(toolkit.merged_daemon_json({"log-driver": "journald"}))
+
+
+def test_a_periodic_run_never_restarts_the_engine(root, repo):
+    bake(root, repo)
+    toolkit.ensure(AUTO, root, gpu_present=True, runner=GuardedRunner(root))
+    dockerd_started_at(root, 1000)
+    runner = GuardedRunner(root)
+    result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner, restart_engine=False)
+    assert runner.commands() == [] and result.action == "failed"
+    assert result.problem.name == "docker_restart_needed"
+    assert any("next boot" in step for step in result.steps)

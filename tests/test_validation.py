@@ -172,14 +172,15 @@ def test_toolkit_present_then_no_engine(tmp_path, nvml_stub):  # noqa: F811
     assert report["problem"]["name"] == "docker_unavailable"
 
 
-def test_toolkit_in_cdi_mode_is_a_warning(tmp_path, nvml_stub):  # noqa: F811
+def test_toolkit_in_a_mode_the_hook_refuses_fails(tmp_path, nvml_stub):  # noqa: F811
     root = install_toolkit(working(tmp_path))
     config = root / "etc/nvidia-container-runtime/config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('[nvidia-container-runtime]\nmode = "cdi"\n')
-    toolkit = stages(run(tmp_path, nvml_stub, h100()))["toolkit"]
-    assert toolkit["status"] == "warn" and "mode cdi" in toolkit["detail"]
-    assert "CDI mode" in toolkit["hint"]
+    report = run(tmp_path, nvml_stub, h100())
+    toolkit = stages(report)["toolkit"]
+    assert toolkit["status"] == "fail" and report["problem"]["name"] == "toolkit_cdi_mode"
+    assert 'mode = "legacy"' in toolkit["hint"]
 
 
 def test_repair_respects_toolkit_install_never(tmp_path, nvml_stub):  # noqa: F811

@@ -31,7 +31,7 @@ RESTART_ENGINE = "restart_engine"
 REGENERATE_CDI_SPEC = "regenerate_cdi_spec"
 CDI_SPEC = "/var/run/cdi/nvidia.yaml"
 CDI_GENERATE = f"nvidia-ctk cdi generate --output={CDI_SPEC}"
-_TOOLKIT_MODE_FIX = (
+TOOLKIT_MODE_FIX = (
     'set `mode = "legacy"` (or "auto") under [nvidia-container-runtime] in '
     "/etc/nvidia-container-runtime/config.toml: Docker's --gpus runs the legacy hook, which "
     "refuses every other mode"
@@ -77,7 +77,7 @@ REFUSALS: tuple[RefusalClass, ...] = (
         "toolkit_cdi_mode",
         r"invoking the NVIDIA Container Runtime Hook directly",
         "the toolkit's mode is not legacy (cdi, jit-cdi or csv): its hook refuses --gpus",
-        _TOOLKIT_MODE_FIX,
+        TOOLKIT_MODE_FIX,
     ),
     _class(
         "cuda_requirement_unmet",
