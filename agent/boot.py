@@ -550,7 +550,17 @@ def _converge(session: Session, plan: Plan) -> ConvergeResult:
         fallback=plan.fallback,
         stability_s=session.options.stability_s,
         reconnect_s=session.options.docker_timeout_s,
+        repairs=_gpu_repairs(session),
     )
+
+
+def _gpu_repairs(session: Session):
+    """Repairs act on the live machine: only for the root `/`; the engine restart only at boot."""
+    from agent import engine
+
+    if session.root.prefix.resolve() != Path("/"):
+        return None
+    return engine.GpuRepairs(at_boot=not session.options.periodic)
 
 
 def _record(

@@ -34,11 +34,26 @@ from enum import StrEnum
 from typing import Any
 
 from agent import log
+from agent.command import RunResult, run_command
 from agent.errors import AgentError, Problem
+from agent.gpu.refusals import (
+    CDI_GENERATE,
+    REGENERATE_CDI_SPEC,
+    RESTART_ENGINE,
+    Refusal,
+    classify_refusal,
+    next_step,
+)
 from agent.outcome import ConvergeAction, Mode, problem
 from agent.plan import LABEL_HASH, ContainerSpec, ImageFacts
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+REPAIR_TIMEOUT_S = 120
+REPAIR_COMMANDS = {
+    RESTART_ENGINE: ["systemctl", "restart", "docker"],
+    REGENERATE_CDI_SPEC: CDI_GENERATE.split(),
+}
+Runner = Callable[..., RunResult]  # run_command's shape: (argv, *, timeout) -> RunResult
 PROBE_LABEL = "fl-agent.validation"
 PROBE_WAIT_S = 120
 LOG_LIMIT = 4000
@@ -457,6 +472,31 @@ def device_request(uuids: tuple[str, ...] | None) -> dict:
     }
 
 
+@dataclass
+class GpuRepairs:
+    """The repairs a refused GPU start may get (agent/gpu/refusals.py next_step): each once,
+    the engine restart only at boot; `runner` runs their commands (agent/command.py)."""
+
+    at_boot: bool = False
+    runner: Runner = run_command
+    done: set[str] = field(default_factory=set)
+
+    def attempt(self, engine: Engine, refusal: Refusal | None) -> bool:
+        """Run the repair the refusal calls for when next_step says so; True: start again."""
+        step = next_step(refusal, at_boot=self.at_boot, repairs_done=frozenset(self.done))
+        if step != "repair" or refusal is None or refusal.repair is None:
+            return False
+        self.done.add(refusal.repair)
+        argv = REPAIR_COMMANDS[refusal.repair]
+        result = self.runner(argv, timeout=REPAIR_TIMEOUT_S)
+        log.get("engine").warning(
+            "GPU start refused: repaired", repair=refusal.repair, rc=result.returncode
+        )
+        if refusal.repair == RESTART_ENGINE:
+            return result.ok and wait_ready(engine, REPAIR_TIMEOUT_S)
+        return result.ok
+
+
 def converge(
     engine: Engine,
     spec: ContainerSpec,
@@ -465,12 +505,15 @@ def converge(
     stability_s: float = 3.0,
     reconnect_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
+    repairs: GpuRepairs | None = None,
 ) -> ConvergeResult:
     """Bring the container to `spec`; if the engine goes away mid-way, wait for it once and
-    converge again. Problems come back in the result, never as exceptions."""
+    converge again. Problems come back in the result, never as exceptions. A refused GPU start
+    gets its repair once (`repairs`; none by default) and one more start, else the fallback."""
+    repairs = repairs or GpuRepairs()
     for attempt in (1, 2):
         try:
-            return _converge(engine, spec, fallback, stability_s, sleep)
+            return _converge(engine, spec, fallback, stability_s, sleep, repairs)
         except EngineError as exc:
             if exc.kind is not ErrorKind.ENGINE_GONE:
                 failed = problem("container_start_failed", spec.name, _short(exc.message))
@@ -486,7 +529,7 @@ def converge(
     raise AssertionError("unreachable")
 
 
-def _converge(engine, spec, fallback, stability_s, sleep) -> ConvergeResult:
+def _converge(engine, spec, fallback, stability_s, sleep, repairs) -> ConvergeResult:
     """Absent: create. Same hash and running: nothing. Stopped: start. Other hash: replace."""
     existing = engine.inspect(spec.name)
     if existing is not None:
@@ -501,10 +544,10 @@ def _converge(engine, spec, fallback, stability_s, sleep) -> ConvergeResult:
             )
         engine.remove(existing["Id"])
     action = ConvergeAction.REPLACED if existing is not None else ConvergeAction.CREATED
-    return _create_and_start(engine, spec, fallback, action, stability_s, sleep)
+    return _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs)
 
 
-def _create_and_start(engine, spec, fallback, action, stability_s, sleep) -> ConvergeResult:
+def _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs):
     container_id = engine.create(create_body(spec), spec.name)
     try:
         engine.start(container_id)
@@ -513,10 +556,13 @@ def _create_and_start(engine, spec, fallback, action, stability_s, sleep) -> Con
         if spec.mode != Mode.GPU or exc.kind is not ErrorKind.GPU_REFUSED:
             raise
         log.get("engine").warning("GPU start failed", error=exc.message[:300])
+        refusal = classify_refusal(exc.message, spec.name)
+        if repairs.attempt(engine, refusal):
+            return _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs)
         if fallback is None:
-            refused = problem("gpu_start_failed", spec.name, _short(exc.message))
+            refused = refusal.problem if refusal else problem("gpu_start_failed", spec.name)
             return ConvergeResult(action, None, spec, exc.message, (refused,))
-        result = _create_and_start(engine, fallback, None, action, stability_s, sleep)
+        result = _create_and_start(engine, fallback, None, action, stability_s, sleep, repairs)
         return ConvergeResult(
             result.action,
             result.container_id,
