@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import log
 from agent.config import Config
+from agent.container_resources import mem_total
 from agent.context import Platform
 from agent.errors import AgentError, Problem
 from agent.outcome import TERMINAL, BootState, ExitCode, Mode, Verdict, problem
@@ -88,6 +89,7 @@ class Facts:
     pin: Pin | None = None  # the SuperLink identity to pin once the node runs (first use)
     data_dir_host: str = ""  # FL_DATA_DIR under the root
     data_dir_exists: bool = True
+    memory_bytes: int | None = None  # the VM's MemTotal (the GPU SuperNode's /dev/shm)
     ca_host_path: str = ""  # where the CA goes under the root
     pin_path: str = ""  # where the pin goes under the root
 
@@ -301,6 +303,7 @@ def _observe_node(session: Session, facts: Facts) -> Facts:
         observed=observed,
         data_dir_host=str(data_dir),
         data_dir_exists=data_dir.is_dir(),
+        memory_bytes=mem_total(session.root),
     )
 
 
@@ -419,6 +422,7 @@ def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -
         pin_path=facts.pin_path if facts.pin else None,
         validated=config.wants_gpu and report is not None,
         blocking=facts.blocking,
+        memory_bytes=facts.memory_bytes,
         **changes,
     )
 

@@ -29,12 +29,13 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from agent import log
 from agent.command import RunResult, run_command
+from agent.container_resources import RLIMIT_REFUSED
 from agent.errors import AgentError, Problem
 from agent.gpu.refusals import (
     CDI_GENERATE,
@@ -444,6 +445,8 @@ def create_body(spec: ContainerSpec) -> dict:
     }
     if spec.tmpfs:
         host["Tmpfs"] = dict(spec.tmpfs)
+    if spec.resources is not None:
+        host.update(spec.resources.host_config())
     if spec.runtime:
         host["Runtime"] = spec.runtime
     if spec.mode == Mode.GPU:
@@ -548,11 +551,9 @@ def _converge(engine, spec, fallback, stability_s, sleep, repairs) -> ConvergeRe
 
 
 def _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs):
-    container_id = engine.create(create_body(spec), spec.name)
     try:
-        engine.start(container_id)
+        container_id = _create_started(engine, spec)
     except EngineError as exc:
-        engine.remove(container_id)
         if spec.mode != Mode.GPU or exc.kind is not ErrorKind.GPU_REFUSED:
             raise
         log.get("engine").warning("GPU start failed", error=exc.message[:300])
@@ -572,6 +573,31 @@ def _create_and_start(engine, spec, fallback, action, stability_s, sleep, repair
             result.log_tail,
         )
     return _settle(engine, container_id, spec, action, 0, stability_s, sleep)
+
+
+def _create_started(engine, spec: ContainerSpec) -> str:
+    """Create and start the container (removed again when the start fails). An engine that may
+    not raise the ulimits (RLIMIT_REFUSED) gets the spec without them, labelled with the
+    planned spec's hash so the next boot finds it unchanged."""
+    body = create_body(spec)
+    try:
+        return _start_new(engine, body, spec.name)
+    except EngineError as exc:
+        if RLIMIT_REFUSED not in exc.message or spec.resources is None:
+            raise
+        log.get("engine").warning("ulimits refused, started without", error=exc.message[:300])
+        reduced = create_body(replace(spec, resources=spec.resources.without_ulimits()))
+        return _start_new(engine, {**reduced, "Labels": body["Labels"]}, spec.name)
+
+
+def _start_new(engine, body: dict, name: str) -> str:
+    container_id = engine.create(body, name)
+    try:
+        engine.start(container_id)
+    except EngineError:
+        engine.remove(container_id)
+        raise
+    return container_id
 
 
 def _settle(engine, container_id, spec, action, restarts, stability_s, sleep) -> ConvergeResult:

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from agent import __version__, flower
 from agent.config import Config
+from agent.container_resources import ContainerResources, container_resources
 from agent.errors import Problem
 from agent.outcome import BootState, Mode, Verdict, problem
 
@@ -108,10 +109,14 @@ class ContainerSpec:
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     restart_policy: str = RESTART_POLICY
     network_mode: str = "host"
+    resources: ContainerResources | None = None  # shm and ulimits (agent/container_resources.py)
 
     @property
     def spec_hash(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        if data["resources"] is None:  # a CPU spec hashes as it did before resources existed
+            del data["resources"]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -191,6 +196,7 @@ class PlanInputs:
     validated: bool = False  # a validation report exists (FL_GPU_ENABLED is not NO)
     toolkit_tried: bool = False  # the toolkit install ran already: no second one
     blocking: tuple[Problem, ...] = ()  # what stops the node before any spec (discovery)
+    memory_bytes: int | None = None  # the VM's MemTotal: sizes the GPU SuperNode's /dev/shm
 
 
 def make_plan(config: Config, inputs: PlanInputs) -> Plan:
@@ -333,6 +339,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
         gpu_device_ids=inputs.gpu.uuids if gpu and not use_all else (),
         binds=tuple(binds),
         user=user,
+        resources=container_resources(inputs.memory_bytes) if gpu else None,
         tmpfs=tmpfs,
     )
 

@@ -199,3 +199,12 @@ def test_hash_changes_with_the_spec_and_only_then(change) -> None:
         changed_inputs = inputs(GpuVerdict("CPU_ONLY"), node_config=change["FL_NODE_CONFIG"])
     other = make_plan(config(**change), changed_inputs).spec
     assert other.spec_hash != base.spec_hash
+
+
+def test_the_gpu_supernode_gets_shared_memory_sized_to_the_vm_and_nvidias_ulimits() -> None:
+    verdict = GpuVerdict("PASSED", UUIDS, request_all=True)
+    plan = make_plan(config(), inputs(verdict, memory_bytes=16 * 2**30))
+    host = create_body(plan.spec)["HostConfig"]
+    assert host["ShmSize"] == 8 * 2**30
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"memlock": -1, "stack": 67108864}
+    assert plan.fallback.resources is None  # the CPU spec keeps its hash

@@ -151,6 +151,28 @@ def test_could_not_select_device_driver_restarts_the_engine_once_at_boot_only(
     assert result.running and result.spec.mode == "CPU"  # refused again: the fallback
 
 
+def test_refused_ulimits_start_without_them_and_stay_unchanged(
+    docker_client, engine, standin_images, no_supernode, tmp_path
+):
+    """This engine may not raise memlock ("error setting rlimit type 8"): the container starts
+    without the ulimits, keeps its shared memory, and is labelled with the planned spec's hash,
+    so converging again (the next boot) leaves it as it is."""
+    from dataclasses import replace
+
+    from agent.container_resources import container_resources
+    from agent.plan import LABEL_HASH
+
+    plan = plan_for(standin_images["ok"], tmp_path)
+    spec = replace(plan.spec, resources=container_resources(8 * 2**30))
+    first = converge(engine, spec, stability_s=0.3)
+    assert first.running and str(first.action) == "created"
+    attrs = inspect(docker_client)
+    assert attrs["HostConfig"]["ShmSize"] == 4 * 2**30 and not attrs["HostConfig"]["Ulimits"]
+    assert attrs["Config"]["Labels"][LABEL_HASH] == spec.spec_hash
+    second = converge(engine, spec, stability_s=0.3)
+    assert str(second.action) == "unchanged" and second.container_id == first.container_id
+
+
 def test_image_exiting_at_once_is_a_crash_loop(
     docker_client, engine, standin_images, no_supernode, tmp_path
 ):
