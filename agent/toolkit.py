@@ -9,10 +9,13 @@ through an injectable `Runner`:
 1. packages: the `.deb` files baked into the image (`/opt/fl-agent/nvidia-toolkit/*.deb`,
    installed together with `dpkg -i`, offline), else NVIDIA's apt repository signed by the
    keyring shipped in the image (update and install restricted to that one source list);
-2. daemon.json: `nvidia-ctk runtime configure --runtime=docker`, checked afterwards (valid
-   JSON object, every other key kept, `runtimes.nvidia.path` set) and restored from the
-   snapshot when not; then the agent's own merge (`configure_daemon_json`) as the fallback;
-3. `systemctl restart docker`: dockerd registers its GPU driver only at start.
+2. daemon.json, after a fresh install only (`runtimes.nvidia` serves --runtime=nvidia; Docker's
+   --gpus does not need it): `nvidia-ctk runtime configure --runtime=docker`, checked
+   afterwards (valid JSON object, every other key kept, `runtimes.nvidia.path` set) and
+   restored from the snapshot when not; then the agent's own merge (`configure_daemon_json`);
+3. `systemctl restart docker` after an install, or when dockerd started before the hook was on
+   its PATH: dockerd registers its NVIDIA device driver only at start. Never in a periodic run
+   (`restart_engine=False`).
 
 Another root than `/` (a throwaway tree in tests, an image being built) is handled by pointing
 the package tools at it: `dpkg --root=<root>`, and apt through a generated `APT_CONFIG` file
