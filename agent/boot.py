@@ -6,15 +6,17 @@
   its container and framework stages start probe containers, which they always remove.
 - `make_plan` (agent/plan.py, pure) decides GPU or CPU, the container spec and the actions.
 - `apply` performs the actions (image pull, toolkit install, validation markers, CA, data
-  directory, converge with the CPU fallback, the SuperLink pin) and returns the outcome: the
-  terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the appliance report and,
-  when OneGate is configured, in OneGate; READY=YES only once the container runs, never for a
-  FAILED node.
+  directory, the /dev/char links, converge with the CPU fallback, the SuperLink pin) and returns
+  the outcome: the terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the
+  appliance report and, when OneGate is configured, in OneGate; READY=YES only once the
+  container runs, never for a FAILED node.
 
 `--dry-run` stops before apply: no file under the root is created, changed or removed, no
 container, no pull, no report; the exit code is the one the plan leads to. Progress reports
 (BOOTING ... STARTING) go to OneGate as the boot goes; a periodic re-convergence sends only the
-outcome, so READY stays while the node keeps running.
+outcome, so READY stays while the node keeps running. A periodic re-convergence observes the mode
+the last boot established (agent/reconverge.py) in place of the staged validation: no probe
+container, no toolkit repair; its plan changes the GPU mode only on a confirmed loss.
 """
 
 from __future__ import annotations
