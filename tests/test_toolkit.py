@@ -552,9 +552,11 @@ def test_installs_into_a_debian_system_at_root(docker_client, repo):
     assert [Path(c[0]).name for c in out["calls"]] == [
         "apt-get",
         "apt-get",
+        "apt-mark",
         "nvidia-ctk",
         "systemctl",
     ]
-    assert "nvidia-container-toolkit 1.17.8-1 install ok installed" in out["dpkg"]
-    assert "nvidia-container-toolkit-base 1.17.8-1 install ok installed" in out["dpkg"]
+    # held: an unattended upgrade cannot swap the toolkit under a running node
+    assert "nvidia-container-toolkit 1.17.8-1 hold ok installed" in out["dpkg"]
+    assert "nvidia-container-toolkit-base 1.17.8-1 hold ok installed" in out["dpkg"]
     assert out["daemon"] == ctk_shape(toolkit.merged_daemon_json({"log-driver": "journald"}))
