@@ -116,6 +116,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "run `fl-agent validate` for the failing stage",
     ),
     "validation_error": ("a validation stage crashed", "report a bug"),
+    "gpu_lost_confirmed": (
+        "a GPU the SuperNode was given is lost: NVML reports it lost or gone",
+        "reboot the VM (a passthrough GPU is reset by a VM reboot, which validates it again); "
+        "if it stays lost, the host's GPU needs service",
+    ),
     # the engine
     "docker_unavailable": ("the Docker engine does not answer", _DOCKER_FIX),
     "image_pull_failed": (

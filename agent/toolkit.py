@@ -266,7 +266,8 @@ def _which(root: Root, name: str, search: Sequence[str]) -> str | None:
 
 
 def installed_packages(root: Root, names: Sequence[str]) -> dict[str, str]:
-    """name -> version for the named packages dpkg has 'install ok installed'."""
+    """name -> version for the named packages dpkg has installed: Status 'ok installed',
+    wanted 'install' or 'hold' (the image and the agent hold what they install)."""
     try:
         text = root.path(DPKG_STATUS).read_text(errors="replace")
     except OSError:
@@ -275,7 +276,7 @@ def installed_packages(root: Root, names: Sequence[str]) -> dict[str, str]:
     for stanza in text.split("\n\n"):
         fields = _stanza_fields(stanza)
         name = fields.get("Package")
-        if name in names and fields.get("Status") == "install ok installed":
+        if name in names and fields.get("Status", "").split()[1:] == ["ok", "installed"]:
             found[name] = fields.get("Version", "")
     return found
 
@@ -614,6 +615,16 @@ def _install(job: _Job) -> None:
             )
         )
     job.changed = True
+    _hold(job)
+
+
+def _hold(job: _Job) -> None:
+    """`apt-mark hold` what was installed: an unattended upgrade would swap the toolkit under a
+    running node, and its package's daemon-reload takes a GPU container's GPUs away
+    (docs/gpu-health.md). A failed hold is a step in the report, not a failed install."""
+    names = sorted(installed_packages(job.root, TOOLKIT_PACKAGES))
+    if names:
+        job.run("apt-mark hold", ["apt-mark", "hold", *names], env=_apt_env(job.root))
 
 
 def _install_baked(job: _Job, debs: list[Path]) -> None:

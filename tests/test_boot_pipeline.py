@@ -317,6 +317,8 @@ def test_a_boot_installs_the_toolkit_and_resumes_from_its_stage(
     assert stages_seen == ["ok", "ok", "ok", "ok", "fail"]
     assert validation["problem"]["name"] == "gpu_runtime_unavailable"
     assert (root / "usr/bin/nvidia-ctk").exists()
+    assert "apt-mark hold: exit 0" in validation["toolkit"]["steps"]
+    assert "Status: hold ok installed" in (root / "var/lib/dpkg/status").read_text()
     markers = sorted(p.name for p in (root / "run/fl-agent/validations").iterdir())
     assert markers == ["driver-ready", "fabric-ready", "nvml-ready", "pci-ready", "toolkit-ready"]
     assert record["last_reported_state"] == "DEGRADED"

@@ -58,7 +58,7 @@ class GuardedRunner:
             return toolkit.RunResult(self.systemctl_rc, "")
         if argv[0] == "dpkg":
             assert f"--root={prefix}" in argv
-        elif argv[0] == "apt-get":
+        elif argv[0] in ("apt-get", "apt-mark"):
             assert env and env["APT_CONFIG"].startswith(prefix)
         else:
             assert argv[0].startswith(prefix), argv
@@ -310,6 +310,21 @@ def assert_installed(root: Root, result: toolkit.ToolkitResult) -> None:
     assert result.facts.mode == "legacy"
 
 
+def assert_held(root: Root) -> None:
+    """Every toolkit package the agent installed is held in the root's dpkg database (an
+    unattended upgrade would swap it under a running node)."""
+    stanzas = root.path(toolkit.DPKG_STATUS).read_text().split("\n\n")
+    held = {
+        line.split(": ", 1)[1]
+        for stanza in stanzas
+        if "Status: hold ok installed" in stanza
+        for line in stanza.splitlines()
+        if line.startswith("Package: ")
+    }
+    assert held == set(toolkit.installed_packages(root, toolkit.TOOLKIT_PACKAGES))
+    assert held >= {"nvidia-container-toolkit", "nvidia-container-toolkit-base"}
+
+
 def test_offline_from_baked_packages(root, repo):
     bake(root, repo)
     path = write_daemon(root, OTHER_KEYS)
@@ -317,8 +332,9 @@ def test_offline_from_baked_packages(root, repo):
     runner = GuardedRunner(root)
     result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner)
     assert_installed(root, result)
-    assert runner.commands() == ["dpkg", "nvidia-ctk", "systemctl"]
+    assert runner.commands() == ["dpkg", "apt-mark", "nvidia-ctk", "systemctl"]
     assert runner.calls[-1] == ["systemctl", "restart", "docker"]
+    assert_held(root)
     # nvidia-ctk's own output: whole file rewritten, sorted, 4-space indent, keys kept
     assert path.read_text() == ctk_shape(toolkit.merged_daemon_json(OTHER_KEYS))
     assert path.with_name("daemon.json.fl-agent.bak").read_bytes() == original
@@ -339,7 +355,8 @@ def test_from_the_signed_apt_repository(root, repo):
     runner = GuardedRunner(root)
     result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner, repo_url=repo.url)
     assert_installed(root, result)
-    assert runner.commands() == ["apt-get", "apt-get", "nvidia-ctk", "systemctl"]
+    assert runner.commands() == ["apt-get", "apt-get", "apt-mark", "nvidia-ctk", "systemctl"]
+    assert_held(root)
     source = root.path(toolkit.SOURCE_LIST).read_text()
     assert source == f"deb [signed-by={root.path(toolkit.KEYRING)}] {repo.url} /\n"
     # nothing was missing in daemon.json: nvidia-ctk created it
@@ -579,11 +596,13 @@ def test_installs_into_a_debian_system_at_root(docker_client, repo):
     assert [Path(c[0]).name for c in out["calls"]] == [
         "apt-get",
         "apt-get",
+        "apt-mark",
         "nvidia-ctk",
         "systemctl",
     ]
-    assert "nvidia-container-toolkit 1.17.8-1 install ok installed" in out["dpkg"]
-    assert "nvidia-container-toolkit-base 1.17.8-1 install ok installed" in out["dpkg"]
+    # held: an unattended upgrade cannot swap the toolkit under a running node
+    assert "nvidia-container-toolkit 1.17.8-1 hold ok installed" in out["dpkg"]
+    assert "nvidia-container-toolkit-base 1.17.8-1 hold ok installed" in out["dpkg"]
     assert out["daemon"] == ctk_shape(toolkit.merged_daemon_json({"log-driver": "journald"}))
 
 
