@@ -6,15 +6,17 @@
   its container and framework stages start probe containers, which they always remove.
 - `make_plan` (agent/plan.py, pure) decides GPU or CPU, the container spec and the actions.
 - `apply` performs the actions (image pull, toolkit install, validation markers, CA, data
-  directory, converge with the CPU fallback, the SuperLink pin) and returns the outcome: the
-  terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the appliance report and,
-  when OneGate is configured, in OneGate; READY=YES only once the container runs, never for a
-  FAILED node.
+  directory, the /dev/char links, converge with the CPU fallback, the SuperLink pin) and returns
+  the outcome: the terminal report (RUNNING, DEGRADED or FAILED) in the state file, in the
+  appliance report and, when OneGate is configured, in OneGate; READY=YES only once the
+  container runs, never for a FAILED node.
 
 `--dry-run` stops before apply: no file under the root is created, changed or removed, no
 container, no pull, no report; the exit code is the one the plan leads to. Progress reports
 (BOOTING ... STARTING) go to OneGate as the boot goes; a periodic re-convergence sends only the
-outcome, so READY stays while the node keeps running.
+outcome, so READY stays while the node keeps running. A periodic re-convergence observes the mode
+the last boot established (agent/reconverge.py) in place of the staged validation: no probe
+container, no toolkit repair; its plan changes the GPU mode only on a confirmed loss.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ from typing import TYPE_CHECKING, Any
 
 from agent import log
 from agent.config import Config
+from agent.container_resources import mem_total
 from agent.context import Platform
 from agent.errors import AgentError, Problem
 from agent.outcome import TERMINAL, BootState, ExitCode, Mode, Verdict, problem
 from agent.paths import Root
-from agent.plan import ActionKind, GpuVerdict, ImageFacts, Plan, PlanInputs, make_plan
+from agent.plan import (
+    ActionKind,
+    Established,
+    GpuVerdict,
+    ImageFacts,
+    Plan,
+    PlanInputs,
+    make_plan,
+)
 from agent.record import BootRecord, now
 
 if TYPE_CHECKING:
@@ -84,12 +95,16 @@ class Facts:
     invalid_config: bool = False
     image: ImageFacts | None = None  # the SuperNode image as the engine has it
     observed: Observed | None = None  # GPU, toolkit and image facts (FL_GPU_ENABLED not NO)
+    established: Established | None = None  # periodic: the last boot's mode, any loss since
+    last_validation: dict | None = None  # periodic: the last boot's report, kept in the record
     discovery: Discovery | None = None
     pin: Pin | None = None  # the SuperLink identity to pin once the node runs (first use)
     data_dir_host: str = ""  # FL_DATA_DIR under the root
     data_dir_exists: bool = True
+    memory_bytes: int | None = None  # the VM's MemTotal (the GPU SuperNode's /dev/shm)
     ca_host_path: str = ""  # where the CA goes under the root
     pin_path: str = ""  # where the pin goes under the root
+    periodic: bool = False  # a re-convergence by the timer (BootOptions.periodic)
 
 
 def boot(
@@ -200,7 +215,7 @@ class Session:
             timings_ms=tuple(self.timings.items()),
             last_reported_state=self.progress.last,
             plan=plan.to_dict() if facts.config else None,
-            validation=report.to_dict() if report else None,
+            validation=report.to_dict() if report else facts.last_validation,
             discovery=facts.discovery.to_dict() if facts.discovery else None,
             container=ending.container.to_dict() if ending.container else None,
         )
@@ -242,7 +257,7 @@ def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
     session.progress = Progress(_reporter(session, inputs), session.options)
     config = inputs.result.config
     session.progress.report(BootState.BOOTING, facts=_static_facts(config))
-    facts = Facts(inputs.platform, config, inputs.context.source)
+    facts = Facts(inputs.platform, config, inputs.context.source, periodic=session.options.periodic)
     if config is None:
         return replace(facts, blocking=inputs.result.problems, invalid_config=True)
     session.progress.report(BootState.CONFIGURING)
@@ -288,20 +303,36 @@ def _observe_node(session: Session, facts: Facts) -> Facts:
     refused = _data_dir_refused(session.root, data_dir)
     if refused is not None:
         return replace(facts, blocking=(problem("data_dir_unusable", config.data_dir, refused),))
-    observed = None
-    if config.wants_gpu:
+    facts = replace(facts, image=image)
+    if config.wants_gpu and session.options.periodic:
+        facts = _observe_established(session, facts)
+    if config.wants_gpu and facts.established is None:
         from agent import validation
 
         observed = session.timed(
             "observe", validation.observe, config, session.root, session.engine, image
         )
+        facts = replace(facts, observed=observed)
     return replace(
         facts,
-        image=image,
-        observed=observed,
         data_dir_host=str(data_dir),
         data_dir_exists=data_dir.is_dir(),
+        memory_bytes=mem_total(session.root),
     )
+
+
+def _observe_established(session: Session, facts: Facts) -> Facts:
+    """A periodic re-convergence: the mode the last boot left running and any confirmed loss
+    (agent/reconverge.py), in place of the validation; none when nothing runs."""
+    from agent import reconverge
+    from agent.gpu.health import read_health
+    from agent.state import read_state
+
+    last = read_state(session.root)
+    found = session.timed("established", reconverge.established, session.root, last, read_health)
+    if found is None:
+        return facts
+    return replace(facts, established=found, last_validation=(last or {}).get("validation"))
 
 
 def _data_dir_refused(root: Root, path: Path) -> str | None:
@@ -419,6 +450,10 @@ def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -
         pin_path=facts.pin_path if facts.pin else None,
         validated=config.wants_gpu and report is not None,
         blocking=facts.blocking,
+        memory_bytes=facts.memory_bytes,
+        gpu_present=bool(facts.observed and facts.observed.gpu and facts.observed.gpu.present),
+        periodic=facts.periodic,
+        established=facts.established,
         **changes,
     )
 
@@ -440,12 +475,13 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     if failed is not None:
         ending = Ending(BootState.FAILED, (*plan.problems, failed))
         return _record(session, plan, facts, report, ending)
+    linked = _dev_char_links(session, plan, facts)
     session.progress.report(BootState.STARTING)
     result = session.timed("converge", _converge, session, plan)
     if not result.running:
         ending = Ending(BootState.FAILED, plan.problems + result.problems, container=result)
         return _record(session, plan, facts, report, ending)
-    problems = plan.problems + (facts.discovery.warnings if facts.discovery else ())
+    problems = plan.problems + linked + (facts.discovery.warnings if facts.discovery else ())
     if result.gpu_start_error:
         refusal = f"running on CPU: {result.gpu_start_error[:200]}"
         problems += (problem("gpu_start_failed", plan.spec.name, refusal),)
@@ -488,8 +524,10 @@ def _prepare(
             session.root,
             gpu_present=True,
             engine=session.engine,
+            restart_engine=not session.options.periodic,
         )
         session.progress.report(BootState.VALIDATING)
+        observed = replace(observed, toolkit=repaired.facts) if observed else None
     facts = replace(facts, observed=observed)
     if plan.resume_from is not None and report is not None and observed is not None:
         report = session.timed(
@@ -526,6 +564,20 @@ def _prepare_files(session: Session, plan: Plan, facts: Facts) -> Problem | None
     return None
 
 
+def _dev_char_links(session: Session, plan: Plan, facts: Facts) -> tuple[Problem, ...]:
+    """The NVIDIA nodes' /dev/char links, before the GPU container starts (a daemon-reload
+    would take its GPUs away without them: agent/devchar.py); a failure is a problem on the
+    record, not a reason to stop the node."""
+    if not plan.has(ActionKind.DEV_CHAR_LINKS):
+        return ()
+    from agent.devchar import ensure_dev_char_links
+
+    toolkit = facts.observed.toolkit if facts.observed else None
+    ctk = toolkit.ctk_path if toolkit else None
+    result = session.timed("dev_char_links", ensure_dev_char_links, session.root, ctk)
+    return (result.problem,) if result.problem else ()
+
+
 def _prepare_data_dir(path: Path) -> None:
     """The data directory must exist for the bind mount: created (0755, readable by the
     image's user) when absent; a directory the agent did not create is never chmod-ed."""
@@ -549,7 +601,17 @@ def _converge(session: Session, plan: Plan) -> ConvergeResult:
         fallback=plan.fallback,
         stability_s=session.options.stability_s,
         reconnect_s=session.options.docker_timeout_s,
+        repairs=_gpu_repairs(session),
     )
+
+
+def _gpu_repairs(session: Session):
+    """Repairs act on the live machine: only for the root `/`; the engine restart only at boot."""
+    from agent import engine
+
+    if session.root.prefix.resolve() != Path("/"):
+        return None
+    return engine.GpuRepairs(at_boot=not session.options.periodic)
 
 
 def _record(
@@ -566,6 +628,8 @@ def _record(
     error = (record.problems[0].name, record.problems[0].message) if record.problems else None
     gpu = report.facts if report else None
     attrs = gpu_attributes(gpu, ending.mode, record.validation)
+    if facts.established is not None:  # nothing re-read: the boot's GPU facts stay as sent
+        attrs = {"FL_GPU_MODE": attrs["FL_GPU_MODE"]}
     session.progress.report(state, facts=attrs, error=error, ready=state in READY)
     record = replace(record, last_reported_state=session.progress.last)
     failed = write_state(session.root, record.to_dict())

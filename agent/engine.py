@@ -29,16 +29,32 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from agent import log
+from agent.command import RunResult, run_command
+from agent.container_resources import RLIMIT_REFUSED
 from agent.errors import AgentError, Problem
+from agent.gpu.refusals import (
+    CDI_GENERATE,
+    REGENERATE_CDI_SPEC,
+    RESTART_ENGINE,
+    Refusal,
+    classify_refusal,
+    next_step,
+)
 from agent.outcome import ConvergeAction, Mode, problem
 from agent.plan import LABEL_HASH, ContainerSpec, ImageFacts
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+REPAIR_TIMEOUT_S = 120
+REPAIR_COMMANDS = {
+    RESTART_ENGINE: ["systemctl", "restart", "docker"],
+    REGENERATE_CDI_SPEC: CDI_GENERATE.split(),
+}
+Runner = Callable[..., RunResult]  # run_command's shape: (argv, *, timeout) -> RunResult
 PROBE_LABEL = "fl-agent.validation"
 PROBE_WAIT_S = 120
 LOG_LIMIT = 4000
@@ -465,6 +481,8 @@ def create_body(spec: ContainerSpec) -> dict:
     }
     if spec.tmpfs:
         host["Tmpfs"] = dict(spec.tmpfs)
+    if spec.resources is not None:
+        host.update(spec.resources.host_config())
     if spec.runtime:
         host["Runtime"] = spec.runtime
     if spec.mode == Mode.GPU:
@@ -493,6 +511,31 @@ def device_request(uuids: tuple[str, ...] | None) -> dict:
     }
 
 
+@dataclass
+class GpuRepairs:
+    """The repairs a refused GPU start may get (agent/gpu/refusals.py next_step): each once,
+    the engine restart only at boot; `runner` runs their commands (agent/command.py)."""
+
+    at_boot: bool = False
+    runner: Runner = run_command
+    done: set[str] = field(default_factory=set)
+
+    def attempt(self, engine: Engine, refusal: Refusal | None) -> bool:
+        """Run the repair the refusal calls for when next_step says so; True: start again."""
+        step = next_step(refusal, at_boot=self.at_boot, repairs_done=frozenset(self.done))
+        if step != "repair" or refusal is None or refusal.repair is None:
+            return False
+        self.done.add(refusal.repair)
+        argv = REPAIR_COMMANDS[refusal.repair]
+        result = self.runner(argv, timeout=REPAIR_TIMEOUT_S)
+        log.get("engine").warning(
+            "GPU start refused: repaired", repair=refusal.repair, rc=result.returncode
+        )
+        if refusal.repair == RESTART_ENGINE:
+            return result.ok and wait_ready(engine, REPAIR_TIMEOUT_S)
+        return result.ok
+
+
 def converge(
     engine: Engine,
     spec: ContainerSpec,
@@ -501,12 +544,15 @@ def converge(
     stability_s: float = 3.0,
     reconnect_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
+    repairs: GpuRepairs | None = None,
 ) -> ConvergeResult:
     """Bring the container to `spec`; if the engine goes away mid-way, wait for it once and
-    converge again. Problems come back in the result, never as exceptions."""
+    converge again. Problems come back in the result, never as exceptions. A refused GPU start
+    gets its repair once (`repairs`; none by default) and one more start, else the fallback."""
+    repairs = repairs or GpuRepairs()
     for attempt in (1, 2):
         try:
-            return _converge(engine, spec, fallback, stability_s, sleep)
+            return _converge(engine, spec, fallback, stability_s, sleep, repairs)
         except EngineError as exc:
             if exc.kind is not ErrorKind.ENGINE_GONE:
                 failed = problem("container_start_failed", spec.name, _short(exc.message))
@@ -522,7 +568,7 @@ def converge(
     raise AssertionError("unreachable")
 
 
-def _converge(engine, spec, fallback, stability_s, sleep) -> ConvergeResult:
+def _converge(engine, spec, fallback, stability_s, sleep, repairs) -> ConvergeResult:
     """Absent: create. Same hash and running: nothing. Stopped: start. Other hash: replace."""
     existing = engine.inspect(spec.name)
     if existing is not None:
@@ -537,22 +583,23 @@ def _converge(engine, spec, fallback, stability_s, sleep) -> ConvergeResult:
             )
         engine.remove(existing["Id"])
     action = ConvergeAction.REPLACED if existing is not None else ConvergeAction.CREATED
-    return _create_and_start(engine, spec, fallback, action, stability_s, sleep)
+    return _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs)
 
 
-def _create_and_start(engine, spec, fallback, action, stability_s, sleep) -> ConvergeResult:
-    container_id = engine.create(create_body(spec), spec.name)
+def _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs):
     try:
-        engine.start(container_id)
+        container_id = _create_started(engine, spec)
     except EngineError as exc:
-        engine.remove(container_id)
         if spec.mode != Mode.GPU or exc.kind is not ErrorKind.GPU_REFUSED:
             raise
         log.get("engine").warning("GPU start failed", error=exc.message[:300])
+        refusal = classify_refusal(exc.message, spec.name)
+        if repairs.attempt(engine, refusal):
+            return _create_and_start(engine, spec, fallback, action, stability_s, sleep, repairs)
         if fallback is None:
-            refused = problem("gpu_start_failed", spec.name, _short(exc.message))
+            refused = refusal.problem if refusal else problem("gpu_start_failed", spec.name)
             return ConvergeResult(action, None, spec, exc.message, (refused,))
-        result = _create_and_start(engine, fallback, None, action, stability_s, sleep)
+        result = _create_and_start(engine, fallback, None, action, stability_s, sleep, repairs)
         return ConvergeResult(
             result.action,
             result.container_id,
@@ -562,6 +609,31 @@ def _create_and_start(engine, spec, fallback, action, stability_s, sleep) -> Con
             result.log_tail,
         )
     return _settle(engine, container_id, spec, action, 0, stability_s, sleep)
+
+
+def _create_started(engine, spec: ContainerSpec) -> str:
+    """Create and start the container (removed again when the start fails). An engine that may
+    not raise the ulimits (RLIMIT_REFUSED) gets the spec without them, labelled with the
+    planned spec's hash so the next boot finds it unchanged."""
+    body = create_body(spec)
+    try:
+        return _start_new(engine, body, spec.name)
+    except EngineError as exc:
+        if RLIMIT_REFUSED not in exc.message or spec.resources is None:
+            raise
+        log.get("engine").warning("ulimits refused, started without", error=exc.message[:300])
+        reduced = create_body(replace(spec, resources=spec.resources.without_ulimits()))
+        return _start_new(engine, {**reduced, "Labels": body["Labels"]}, spec.name)
+
+
+def _start_new(engine, body: dict, name: str) -> str:
+    container_id = engine.create(body, name)
+    try:
+        engine.start(container_id)
+    except EngineError:
+        engine.remove(container_id)
+        raise
+    return container_id
 
 
 def _settle(engine, container_id, spec, action, restarts, stability_s, sleep) -> ConvergeResult:

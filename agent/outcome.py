@@ -145,6 +145,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "one observation of the watch failed",
         "report a bug with `journalctl -u fl-agent-watch`; the watch carries on",
     ),
+    "gpu_lost_confirmed": (
+        "a GPU the SuperNode was given is lost: NVML reports it lost or gone",
+        "reboot the VM (a passthrough GPU is reset by a VM reboot, which validates it again); "
+        "if it stays lost, the host's GPU needs service",
+    ),
     # the engine
     "docker_unavailable": ("the Docker engine does not answer", _DOCKER_FIX),
     "image_pull_failed": (

@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 from agent import __version__, flower
 from agent.config import Config
+from agent.container_resources import ContainerResources, container_resources
 from agent.errors import Problem
 from agent.outcome import BootState, Mode, Verdict, problem
 
@@ -68,6 +69,7 @@ class ActionKind(StrEnum):
     WRITE_VALIDATION = "write_validation"  # the stage markers and validation.json
     WRITE_CA = "write_ca"
     PREPARE_DATA_DIR = "prepare_data_dir"  # created when absent; never chmod-ed otherwise
+    DEV_CHAR_LINKS = "dev_char_links"  # /dev/char links of the NVIDIA nodes (boot, GPU present)
     CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
     WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
     RECORD = "record"  # state file, appliance report, OneGate's terminal report
@@ -108,10 +110,14 @@ class ContainerSpec:
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     restart_policy: str = RESTART_POLICY
     network_mode: str = "host"
+    resources: ContainerResources | None = None  # shm and ulimits (agent/container_resources.py)
 
     @property
     def spec_hash(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        if data["resources"] is None:  # a CPU spec hashes as it did before resources existed
+            del data["resources"]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -176,6 +182,30 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Established:
+    """What the last boot established, for a periodic re-convergence: no validation runs on
+    GPUs in use, so the mode stays the last boot's unless a loss is confirmed."""
+
+    mode: Mode  # GPU | CPU
+    uuids: tuple[str, ...] = ()  # the GPUs the container was given (empty with request_all)
+    request_all: bool = True
+    problem: Problem | None = None  # why the last boot ran DEGRADED on CPU
+    lost: tuple[str, ...] = ()  # GPUs confirmed lost since (the watch's record, host NVML)
+
+    @property
+    def gpu(self) -> GpuVerdict:
+        """The verdict the re-convergence plans with, in place of a validation's."""
+        if self.mode == Mode.GPU and not self.lost:
+            return GpuVerdict(Verdict.PASSED, self.uuids, self.request_all)
+        if self.mode == Mode.GPU:
+            lost = problem("gpu_lost_confirmed", ";".join(self.lost))
+            return GpuVerdict(Verdict.FAILED, problem=lost, failed_stage="nvml")
+        if self.problem is not None:
+            return GpuVerdict(Verdict.FAILED, problem=self.problem)
+        return GpuVerdict(Verdict.CPU_ONLY)
+
+
+@dataclass(frozen=True)
 class PlanInputs:
     """Facts gathered before planning."""
 
@@ -191,10 +221,21 @@ class PlanInputs:
     validated: bool = False  # a validation report exists (FL_GPU_ENABLED is not NO)
     toolkit_tried: bool = False  # the toolkit install ran already: no second one
     blocking: tuple[Problem, ...] = ()  # what stops the node before any spec (discovery)
+    memory_bytes: int | None = None  # the VM's MemTotal: sizes the GPU SuperNode's /dev/shm
+    gpu_present: bool = False  # an NVIDIA GPU on the PCI bus (its /dev/char links are made)
+    periodic: bool = False  # a re-convergence after boot: no toolkit repair, no /dev/char links
+    established: Established | None = None  # set when periodic: the last boot's mode
 
 
 def make_plan(config: Config, inputs: PlanInputs) -> Plan:
-    """Decide GPU or CPU, build the container spec(s) and list the actions."""
+    """Decide GPU or CPU, build the container spec(s) and list the actions.
+
+    A periodic re-convergence (`inputs.established`) plans with the last boot's mode in place of
+    a validation's verdict; no periodic plan installs the toolkit (that restarts dockerd) nor
+    makes the /dev/char links (the boot and the udev rule do).
+    """
+    if inputs.established is not None and config.wants_gpu:
+        inputs = replace(inputs, gpu=inputs.established.gpu)
     validation = (Action(ActionKind.WRITE_VALIDATION),) if inputs.validated else ()
     record = (Action(ActionKind.RECORD),)
     blocking = inputs.blocking
@@ -259,6 +300,7 @@ def _resume_from(config: Config, inputs: PlanInputs) -> str | None:
         verdict.failed_stage == "toolkit"
         and config.toolkit_install == "AUTO"
         and not inputs.toolkit_tried
+        and not inputs.periodic
     ):
         return "toolkit"
     if verdict.failed_stage == "container" and not inputs.image.present:
@@ -281,6 +323,8 @@ def _actions(
         actions.append(Action(ActionKind.WRITE_CA, inputs.ca_host_path))
     if not inputs.data_dir_exists:
         actions.append(Action(ActionKind.PREPARE_DATA_DIR, inputs.data_dir_host))
+    if inputs.gpu_present and not inputs.periodic:
+        actions.append(Action(ActionKind.DEV_CHAR_LINKS, "/dev/char"))
     actions.append(Action(ActionKind.CONVERGE, plan.spec.name))
     if inputs.pin_path:
         actions.append(Action(ActionKind.WRITE_PIN, inputs.pin_path))
@@ -333,6 +377,7 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
         gpu_device_ids=inputs.gpu.uuids if gpu and not use_all else (),
         binds=tuple(binds),
         user=user,
+        resources=container_resources(inputs.memory_bytes) if gpu else None,
         tmpfs=tmpfs,
     )
 

@@ -9,10 +9,13 @@ through an injectable `Runner`:
 1. packages: the `.deb` files baked into the image (`/opt/fl-agent/nvidia-toolkit/*.deb`,
    installed together with `dpkg -i`, offline), else NVIDIA's apt repository signed by the
    keyring shipped in the image (update and install restricted to that one source list);
-2. daemon.json: `nvidia-ctk runtime configure --runtime=docker`, checked afterwards (valid
-   JSON object, every other key kept, `runtimes.nvidia.path` set) and restored from the
-   snapshot when not; then the agent's own merge (`configure_daemon_json`) as the fallback;
-3. `systemctl restart docker`: dockerd registers its GPU driver only at start.
+2. daemon.json, after a fresh install only (`runtimes.nvidia` serves --runtime=nvidia; Docker's
+   --gpus does not need it): `nvidia-ctk runtime configure --runtime=docker`, checked
+   afterwards (valid JSON object, every other key kept, `runtimes.nvidia.path` set) and
+   restored from the snapshot when not; then the agent's own merge (`configure_daemon_json`);
+3. `systemctl restart docker` after an install, or when dockerd started before the hook was on
+   its PATH: dockerd registers its NVIDIA device driver only at start. Never in a periodic run
+   (`restart_engine=False`).
 
 Another root than `/` (a throwaway tree in tests, an image being built) is handled by pointing
 the package tools at it: `dpkg --root=<root>`, and apt through a generated `APT_CONFIG` file
@@ -34,13 +37,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import outcome
 from agent.atomicfile import write_atomic
 from agent.command import RunResult, run_command
 from agent.config import Config
 from agent.errors import Problem
+from agent.gpu.refusals import TOOLKIT_MODE_FIX
 from agent.paths import Root
 from agent.state import file_lock
+from agent.toolkit_modes import (
+    GpusPath,
+    ModeResolution,
+    gpus_path,
+    installed_at,
+    process_started_at,
+    resolve_mode,
+    started_before,
+)
 
 NVIDIA_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
@@ -93,10 +105,12 @@ class Runner(Protocol):
 class ToolkitFacts:
     """What the toolkit looks like. Paths are system paths as seen inside the Root.
 
-    mode: the runtime mode as the toolkit resolves it for a discrete GPU: `mode = "auto"` (and
-    no config.toml, the toolkit's default) resolves to "legacy" (only Tegra boards without NVML
-    get "csv"; an image asking only for fully qualified CDI devices gets "cdi" per container);
-    "cdi" and "jit-cdi" are "cdi". None when the toolkit is not installed.
+    mode: the nvidia *runtime*'s mode as the toolkit resolves it (`toolkit_modes.resolve_mode`:
+    "auto" is legacy up to 1.17 and jit-cdi from 1.18); Docker's --gpus runs the hook, whose
+    mode is `resolved_mode("hook")`. None when the toolkit is not installed.
+    engine_started_at / hook_installed_at: when the running dockerd started and when the hook
+    was put in place (epoch seconds; None: unknown), which decide whether dockerd registered
+    its NVIDIA device driver (`gpus`).
     """
 
     ctk_path: str | None = None
@@ -109,20 +123,41 @@ class ToolkitFacts:
     mode_configured: str | None = None
     search_path: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()
+    engine_started_at: float | None = None
+    hook_installed_at: float | None = None
 
     @property
     def installed(self) -> bool:
         return self.ctk_path is not None and self.hook_path is not None
 
     @property
+    def gpus(self) -> GpusPath:
+        """How Docker serves --gpus here: the hook on dockerd's PATH when dockerd started."""
+        return gpus_path(
+            hook_on_path=self.hook_path is not None,
+            hook_at_engine_start=self.hook_path is not None
+            and started_before(self.engine_started_at, self.hook_installed_at),
+            configured_mode=self.mode_configured,
+            toolkit_version=self.version,
+        )
+
+    @property
     def configured(self) -> bool:
-        """daemon.json names the runtime and, when the engine was asked, the engine has it."""
-        engine_ok = not self.engine_runtimes or RUNTIME_NAME in self.engine_runtimes
-        return self.daemon_runtime is not None and engine_ok
+        """Docker's --gpus works: dockerd has the NVIDIA device driver and the hook's mode serves
+        it (`runtimes.nvidia` in daemon.json is needed only for --runtime=nvidia)."""
+        return self.gpus.ok
 
     @property
     def ready(self) -> bool:
         return self.installed and self.configured and not self.problems
+
+    @property
+    def version(self) -> str | None:
+        return _version(self.packages)
+
+    def resolved_mode(self, component: str) -> ModeResolution:
+        """The mode the toolkit's `component` ("runtime" or "hook": Docker --gpus) resolves."""
+        return resolve_mode(self.mode_configured, self.version, component=component)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,12 +165,14 @@ class ToolkitFacts:
         data["engine_runtimes"] = list(self.engine_runtimes)
         data["search_path"] = list(self.search_path)
         data.update(installed=self.installed, configured=self.configured, ready=self.ready)
+        data["hook_mode"] = self.resolved_mode("hook").mode if self.installed else None
         return data
 
 
 def detect(root: Root, engine=None) -> ToolkitFacts:
     """Observe the toolkit; never changes anything."""
-    search = dockerd_search_path(root)
+    dockerd = _dockerd(root)
+    search = _search_path(dockerd)
     ctk, hook = (_which(root, name, search) for name in (CTK, HOOK))
     daemon, daemon_problem = read_daemon_json(root)
     runtimes = daemon.get("runtimes") if isinstance(daemon, dict) else None
@@ -145,16 +182,20 @@ def detect(root: Root, engine=None) -> ToolkitFacts:
     engine_runtimes, engine_problem = _engine_runtimes(engine)
     configured_mode, mode_problem = _configured_mode(root)
     installed = ctk is not None and hook is not None
+    packages = installed_packages(root, TOOLKIT_PACKAGES)
+    runtime_mode = resolve_mode(configured_mode, _version(packages), component="runtime").mode
     facts = ToolkitFacts(
         ctk_path=ctk,
         hook_path=hook,
-        packages=installed_packages(root, TOOLKIT_PACKAGES),
+        packages=packages,
         daemon_runtime=daemon_runtime if isinstance(daemon_runtime, str) else None,
         default_runtime=default_runtime if isinstance(default_runtime, str) else None,
         engine_runtimes=engine_runtimes,
-        mode=_resolve_mode(configured_mode or "auto") if installed else None,
+        mode=runtime_mode if installed else None,
         mode_configured=configured_mode,
         search_path=search,
+        engine_started_at=process_started_at(root, int(dockerd.name)) if dockerd else None,
+        hook_installed_at=installed_at(root, hook),
     )
     found = [p for p in (daemon_problem, engine_problem, mode_problem) if p]
     return _with_problems(facts, [*_state_problems(facts), *found])
@@ -176,38 +217,43 @@ def _state_problems(facts: ToolkitFacts) -> list[Problem]:
                 "install the nvidia-container-toolkit package (FL_TOOLKIT_INSTALL=AUTO does it)",
             )
         ]
-    if facts.daemon_runtime is None:
-        return [
-            outcome.problem(
-                "toolkit_not_configured", "/etc/docker/daemon.json", "no runtimes.nvidia"
-            )
-        ]
-    if facts.engine_runtimes and RUNTIME_NAME not in facts.engine_runtimes:
-        return [
-            Problem(
-                "docker_restart_needed",
-                "docker engine",
-                "daemon.json names the nvidia runtime but the running engine does not have it "
-                f"(runtimes: {', '.join(facts.engine_runtimes)})",
-                "systemctl restart docker",
-            )
-        ]
+    gpus = facts.gpus
+    if gpus.restart_engine:
+        return [Problem("docker_restart_needed", "docker engine", gpus.reason, _RESTART_FIX)]
+    if not gpus.ok:
+        return [Problem("toolkit_cdi_mode", RUNTIME_CONFIG, gpus.reason, TOOLKIT_MODE_FIX)]
     return []
 
 
-def dockerd_search_path(root: Root) -> tuple[str, ...]:
-    """dockerd's PATH: from a running dockerd's environment under the Root, else systemd's."""
-    proc = root.proc
+_RESTART_FIX = (
+    "`systemctl restart docker` (dockerd registers its NVIDIA device driver only when it "
+    "starts; the boot does it once)"
+)
+
+
+def _version(packages: Mapping[str, str]) -> str | None:
+    """The toolkit's package version (the -base package on minimal installs)."""
+    return next((packages[p] for p in TOOLKIT_PACKAGES[:2] if p in packages), None)
+
+
+def _dockerd(root: Root) -> Path | None:
+    """The running dockerd's /proc entry under the Root, or None."""
     with contextlib.suppress(OSError):
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() != "dockerd":
-                    continue
-                for var in (entry / "environ").read_bytes().split(b"\0"):
-                    if var.startswith(b"PATH="):
-                        return tuple(d for d in var[5:].decode().split(":") if d)
+        for entry in root.proc.iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (entry / "comm").read_text().strip() == "dockerd":
+                        return entry
+    return None
+
+
+def _search_path(dockerd: Path | None) -> tuple[str, ...]:
+    """dockerd's PATH: from the running dockerd's environment, else systemd's."""
+    if dockerd is not None:
+        with contextlib.suppress(OSError):
+            for var in (dockerd / "environ").read_bytes().split(b"\0"):
+                if var.startswith(b"PATH="):
+                    return tuple(d for d in var[5:].decode().split(":") if d)
     return tuple(SERVICE_PATH.split(":"))
 
 
@@ -220,7 +266,8 @@ def _which(root: Root, name: str, search: Sequence[str]) -> str | None:
 
 
 def installed_packages(root: Root, names: Sequence[str]) -> dict[str, str]:
-    """name -> version for the named packages dpkg has 'install ok installed'."""
+    """name -> version for the named packages dpkg has installed: Status 'ok installed',
+    wanted 'install' or 'hold' (the image and the agent hold what they install)."""
     try:
         text = root.path(DPKG_STATUS).read_text(errors="replace")
     except OSError:
@@ -229,7 +276,7 @@ def installed_packages(root: Root, names: Sequence[str]) -> dict[str, str]:
     for stanza in text.split("\n\n"):
         fields = _stanza_fields(stanza)
         name = fields.get("Package")
-        if name in names and fields.get("Status") == "install ok installed":
+        if name in names and fields.get("Status", "").split()[1:] == ["ok", "installed"]:
             found[name] = fields.get("Version", "")
     return found
 
@@ -274,12 +321,6 @@ def _configured_mode(root: Root) -> tuple[str | None, Problem | None]:
     section = data.get("nvidia-container-runtime")
     mode = section.get("mode") if isinstance(section, dict) else None
     return (mode if isinstance(mode, str) else None), None
-
-
-def _resolve_mode(configured: str) -> str:
-    if configured == "auto":
-        return "legacy"
-    return "cdi" if configured in ("cdi", "jit-cdi") else configured
 
 
 # --- daemon.json ---
@@ -424,6 +465,7 @@ class _Job:
     deadline: float
     injected_runner: bool
     repo_url: str
+    restart_engine: bool = True  # False in a periodic run: the engine is left to the next boot
     steps: list[str] = field(default_factory=list)
     changed: bool = False
 
@@ -459,10 +501,13 @@ def ensure(
     runner: Runner | None = None,
     timeout_s: float = 300,
     repo_url: str = NVIDIA_REPO_URL,
+    restart_engine: bool = True,
 ) -> ToolkitResult:
     """Make the toolkit present and wired into Docker when a GPU needs it; idempotent.
 
     `repo_url` is the apt repository (flat, `deb <url> /`) used when no packages are baked in.
+    `restart_engine`: the boot restarts dockerd (once) so it registers its NVIDIA device
+    driver; a periodic run never does (the running SuperNode would go with it).
     """
     started = time.monotonic()
     facts = detect(root, engine)
@@ -484,6 +529,7 @@ def ensure(
         deadline=started + timeout_s,
         injected_runner=runner is not None,
         repo_url=repo_url,
+        restart_engine=restart_engine,
     )
     try:
         with _lock(root, job):
@@ -508,9 +554,9 @@ def _converge(job: _Job, engine) -> ToolkitFacts:
         facts = detect(job.root, engine)
         if not facts.installed:
             raise _Failed(_problem("toolkit_install_failed", "installed, yet " + _missing(facts)))
-    if facts.daemon_runtime is None:
-        _configure(job, facts)
-    if job.changed or not facts.configured:
+    if job.changed and facts.daemon_runtime is None:
+        _configure(job, facts)  # a fresh install also serves --runtime=nvidia
+    if job.changed or facts.gpus.restart_engine:
         _restart_docker(job, engine)
     return detect(job.root, engine)
 
@@ -569,6 +615,16 @@ def _install(job: _Job) -> None:
             )
         )
     job.changed = True
+    _hold(job)
+
+
+def _hold(job: _Job) -> None:
+    """`apt-mark hold` what was installed: an unattended upgrade would swap the toolkit under a
+    running node, and its package's daemon-reload takes a GPU container's GPUs away
+    (docs/gpu-health.md). A failed hold is a step in the report, not a failed install."""
+    names = sorted(installed_packages(job.root, TOOLKIT_PACKAGES))
+    if names:
+        job.run("apt-mark hold", ["apt-mark", "hold", *names], env=_apt_env(job.root))
 
 
 def _install_baked(job: _Job, debs: list[Path]) -> None:
@@ -672,6 +728,9 @@ def _restore(path: Path, snapshot: bytes | None) -> None:
 
 
 def _restart_docker(job: _Job, engine) -> None:
+    if not job.restart_engine:
+        job.steps.append("docker restart needed, left to the next boot (periodic run)")
+        return
     if not job.injected_runner and job.root.prefix.resolve() != Path("/"):
         job.steps.append(f"docker restart skipped: root is {job.root.prefix}, not /")
         return

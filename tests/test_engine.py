@@ -118,3 +118,21 @@ def test_the_engine_is_reached_from_agent_engine_only():
         assert not re.search(r"^\s*(import docker|from docker)\b", text, re.M), path
         if path.name != "engine.py":
             assert "AF_UNIX" not in text and "socket.socket(" not in text, path
+
+
+def test_a_stale_cdi_spec_is_regenerated_once_through_the_runner():
+    from agent.command import RunResult
+    from agent.engine import GpuRepairs
+    from agent.gpu.refusals import CDI_GENERATE, classify_refusal
+
+    calls = []
+
+    def runner(argv, *, timeout):
+        calls.append(argv)
+        return RunResult(0, "")
+
+    refusal = classify_refusal("failed to create task: unresolvable CDI devices nvidia.com/gpu=0")
+    repairs = GpuRepairs(at_boot=False, runner=runner)
+    assert repairs.attempt(None, refusal)  # no engine restart: any run may regenerate
+    assert not repairs.attempt(None, refusal)  # once
+    assert calls == [CDI_GENERATE.split()]

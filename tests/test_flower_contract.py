@@ -27,7 +27,8 @@ def help_flags(version: str, command: str) -> set[str]:
 
 
 def flags(argv: list[str]) -> set[str]:
-    return {a for a in argv if a.startswith("--")}
+    """The flag names, also of the `--flag=value` form (one argument: see flower.py)."""
+    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
 def superlink(version: str) -> list[str]:

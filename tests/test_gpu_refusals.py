@@ -105,3 +105,16 @@ def test_next_step_repairs_once_and_restarts_the_engine_only_at_boot():
     assert next_step(stale, at_boot=True, repairs_done=frozenset({REGENERATE_CDI_SPEC})) == "cpu"
     assert next_step(hook, at_boot=True, repairs_done=none) == "cpu"
     assert next_step(None, at_boot=True, repairs_done=none) == "raise"
+
+
+def test_shared_names_have_one_definition():
+    """The refusal table and NVML's causes take the catalogue's cause and fix for its names."""
+    from agent.gpu.nvml import problem_for
+    from agent.gpu.refusals import REFUSALS
+    from agent.outcome import PROBLEMS
+
+    for refusal in REFUSALS:
+        if refusal.name in ("gpu_driver_not_loaded", "toolkit_not_configured"):
+            assert (refusal.cause, refusal.fix) == PROBLEMS[refusal.name]
+    not_loaded = problem_for(9, "Driver Not Loaded")
+    assert not_loaded.fix == PROBLEMS["gpu_driver_not_loaded"][1]

@@ -7,8 +7,15 @@ import pytest
 from agent.config import build_config
 from agent.engine import create_body
 from agent.errors import Problem
-from agent.outcome import BootState
-from agent.plan import ActionKind, GpuVerdict, ImageFacts, PlanInputs, make_plan
+from agent.outcome import BootState, Mode
+from agent.plan import (
+    ActionKind,
+    Established,
+    GpuVerdict,
+    ImageFacts,
+    PlanInputs,
+    make_plan,
+)
 
 UUIDS = ("GPU-11111111-1111-1111-1111-111111111111", "GPU-22222222-2222-2222-2222-222222222222")
 
@@ -199,3 +206,60 @@ def test_hash_changes_with_the_spec_and_only_then(change) -> None:
         changed_inputs = inputs(GpuVerdict("CPU_ONLY"), node_config=change["FL_NODE_CONFIG"])
     other = make_plan(config(**change), changed_inputs).spec
     assert other.spec_hash != base.spec_hash
+
+
+def test_the_gpu_supernode_gets_shared_memory_sized_to_the_vm_and_nvidias_ulimits() -> None:
+    verdict = GpuVerdict("PASSED", UUIDS, request_all=True)
+    plan = make_plan(config(), inputs(verdict, memory_bytes=16 * 2**30))
+    host = create_body(plan.spec)["HostConfig"]
+    assert host["ShmSize"] == 8 * 2**30
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"memlock": -1, "stack": 67108864}
+    assert plan.fallback.resources is None  # the CPU spec keeps its hash
+
+
+# --- the periodic re-convergence: the last boot's mode, changed only by a confirmed loss
+
+GPU_ALL = Established(Mode.GPU)
+
+
+def test_a_re_convergence_keeps_the_boots_gpu_spec_whatever_a_probe_would_say() -> None:
+    booted = make_plan(config(), inputs(GpuVerdict("PASSED", UUIDS[:1], request_all=False)))
+    kept = Established(Mode.GPU, UUIDS[:1], request_all=False)
+    again = make_plan(config(), inputs(FAILED, validated=False, periodic=True, established=kept))
+    assert again.mode == "GPU" and not again.degraded
+    assert again.spec.spec_hash == booted.spec.spec_hash
+    assert not again.has(ActionKind.INSTALL_TOOLKIT) and again.resume_from is None
+
+
+def test_a_confirmed_loss_demotes_as_fl_gpu_required_says() -> None:
+    lost = Established(Mode.GPU, lost=UUIDS[:1])
+    plan = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), periodic=True, established=lost))
+    assert plan.mode == "CPU" and plan.degraded and plan.state == BootState.DEGRADED
+    assert plan.problems[0].name == "gpu_lost_confirmed" and UUIDS[0] in plan.problems[0].subject
+    required = make_plan(
+        config(FL_GPU_REQUIRED="YES"), inputs(GpuVerdict("CPU_ONLY"), established=lost)
+    )
+    assert required.spec is None and required.state == BootState.FAILED
+
+
+def test_a_cpu_node_stays_cpu_and_a_degraded_one_stays_degraded() -> None:
+    why = Problem("gpu_start_failed", "flower-supernode", "refused", "x")
+    degraded = Established(Mode.CPU, problem=why)
+    plan = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), periodic=True, established=degraded))
+    assert plan.mode == "CPU" and plan.degraded and plan.problems == (why,)
+    plain = make_plan(config(), inputs(GpuVerdict("CPU_ONLY"), established=Established(Mode.CPU)))
+    assert plain.mode == "CPU" and not plain.degraded
+    no = config(FL_GPU_ENABLED="NO")
+    off = make_plan(no, inputs(GpuVerdict("CPU_ONLY"), established=GPU_ALL))
+    assert off.mode == "CPU" and off.reason == "FL_GPU_ENABLED=NO"
+
+
+def test_the_dev_char_links_are_made_at_boot_when_a_gpu_is_present_only() -> None:
+    passed = GpuVerdict("PASSED", UUIDS)
+    kinds = [a.kind for a in make_plan(config(), inputs(passed, gpu_present=True)).actions]
+    assert kinds[-3:] == [ActionKind.DEV_CHAR_LINKS, ActionKind.CONVERGE, ActionKind.RECORD]
+    for periodic in (
+        inputs(passed, gpu_present=False),
+        inputs(passed, gpu_present=True, periodic=True, established=GPU_ALL),
+    ):
+        assert not make_plan(config(), periodic).has(ActionKind.DEV_CHAR_LINKS)

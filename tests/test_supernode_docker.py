@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agent.command import RunResult
 from agent.config import build_config
-from agent.engine import converge
+from agent.engine import GpuRepairs, converge
 from agent.plan import GpuVerdict, ImageFacts, PlanInputs, make_plan
 
 pytestmark = pytest.mark.docker
@@ -120,9 +121,56 @@ def test_gpu_required_refusal_leaves_no_container(
     gpu = GpuVerdict("PASSED", ())
     plan = plan_for(standin_images["ok"], tmp_path, verdict=gpu, FL_GPU_REQUIRED="YES")
     result = converge(engine, plan.spec, fallback=plan.fallback, stability_s=0.3)
-    assert not result.running and result.problems[0].name == "gpu_start_failed"
+    assert not result.running and result.problems[0].name == "gpu_runtime_unavailable"
     with pytest.raises(NotFound):
         docker_client.containers.get("flower-supernode")
+
+
+class Recording:
+    """The repairs' command runner: records, never restarts this machine's shared engine."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, *, timeout):
+        self.calls.append(list(argv))
+        return RunResult(0, "")
+
+
+@pytest.mark.parametrize("at_boot,restarts", [(True, 1), (False, 0)])
+def test_could_not_select_device_driver_restarts_the_engine_once_at_boot_only(
+    engine, standin_images, no_supernode, tmp_path, at_boot, restarts
+):
+    """This engine refuses --gpus as one started before the toolkit does (ENVIRONMENT.md)."""
+    gpu = GpuVerdict("PASSED", ("GPU-11111111-1111-1111-1111-111111111111",))
+    plan = plan_for(standin_images["ok"], tmp_path, verdict=gpu)
+    runner = Recording()
+    repairs = GpuRepairs(at_boot=at_boot, runner=runner)
+    result = converge(engine, plan.spec, fallback=plan.fallback, stability_s=0.3, repairs=repairs)
+    assert runner.calls == [["systemctl", "restart", "docker"]] * restarts
+    assert result.running and result.spec.mode == "CPU"  # refused again: the fallback
+
+
+def test_refused_ulimits_start_without_them_and_stay_unchanged(
+    docker_client, engine, standin_images, no_supernode, tmp_path
+):
+    """This engine may not raise memlock ("error setting rlimit type 8"): the container starts
+    without the ulimits, keeps its shared memory, and is labelled with the planned spec's hash,
+    so converging again (the next boot) leaves it as it is."""
+    from dataclasses import replace
+
+    from agent.container_resources import container_resources
+    from agent.plan import LABEL_HASH
+
+    plan = plan_for(standin_images["ok"], tmp_path)
+    spec = replace(plan.spec, resources=container_resources(8 * 2**30))
+    first = converge(engine, spec, stability_s=0.3)
+    assert first.running and str(first.action) == "created"
+    attrs = inspect(docker_client)
+    assert attrs["HostConfig"]["ShmSize"] == 4 * 2**30 and not attrs["HostConfig"]["Ulimits"]
+    assert attrs["Config"]["Labels"][LABEL_HASH] == spec.spec_hash
+    second = converge(engine, spec, stability_s=0.3)
+    assert str(second.action) == "unchanged" and second.container_id == first.container_id
 
 
 def test_image_exiting_at_once_is_a_crash_loop(

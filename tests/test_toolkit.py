@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class GuardedRunner:
             return toolkit.RunResult(self.systemctl_rc, "")
         if argv[0] == "dpkg":
             assert f"--root={prefix}" in argv
-        elif argv[0] == "apt-get":
+        elif argv[0] in ("apt-get", "apt-mark"):
             assert env and env["APT_CONFIG"].startswith(prefix)
         else:
             assert argv[0].startswith(prefix), argv
@@ -140,28 +141,50 @@ def test_detect_reads_every_source(root):
     write_daemon(root, {"default-runtime": "runc", "runtimes": {"nvidia": {"path": "/x/ncr"}}})
     config = root.path(toolkit.RUNTIME_CONFIG)
     config.parent.mkdir(parents=True)
-    config.write_text('[nvidia-container-runtime]\nmode = "cdi"\n')
+    config.write_text('[nvidia-container-runtime]\nmode = "legacy"\n')
     facts = toolkit.detect(root, FakeEngine(("nvidia", "runc")))
     assert facts.ctk_path == "/usr/bin/nvidia-ctk"
     assert facts.hook_path == "/usr/bin/nvidia-container-runtime-hook"
     assert facts.packages == {"nvidia-container-toolkit": "1.17.8-1"}
     assert (facts.daemon_runtime, facts.default_runtime) == ("/x/ncr", "runc")
     assert facts.engine_runtimes == ("nvidia", "runc")
-    assert (facts.mode, facts.mode_configured) == ("cdi", "cdi")
+    assert (facts.mode, facts.mode_configured) == ("legacy", "legacy")
     assert facts.ready and facts.problems == ()
     assert json.loads(json.dumps(facts.to_dict()))["ready"] is True
 
 
-def test_auto_mode_resolves_to_legacy_and_a_missing_config_means_auto(root):
+def dpkg_toolkit(root: Root, version: str) -> None:
+    root.path(toolkit.DPKG_STATUS).write_text(
+        f"Package: nvidia-container-toolkit\nStatus: install ok installed\nVersion: {version}\n"
+    )
+
+
+def test_the_runtime_mode_is_the_toolkits_resolution_per_version(root):
     executable(root, "/usr/bin/nvidia-ctk")
     executable(root, "/usr/bin/nvidia-container-runtime-hook")
-    assert toolkit.detect(root).mode == "legacy"
+    dpkg_toolkit(root, "1.17.8-1")
+    assert toolkit.detect(root).mode == "legacy"  # no config.toml: auto
+    dpkg_toolkit(root, "1.18.0-1")
+    facts = toolkit.detect(root)
+    assert (facts.mode, facts.to_dict()["hook_mode"]) == ("jit-cdi", "legacy")
+    assert facts.ready  # --gpus runs the hook, which stays legacy
     config = root.path(toolkit.RUNTIME_CONFIG)
     config.parent.mkdir(parents=True)
-    config.write_text('[nvidia-container-runtime]\nmode = "jit-cdi"\n')
-    assert toolkit.detect(root).mode == "cdi"
     config.write_text("mode = [")
     assert [p.name for p in toolkit.detect(root).problems][-1] == "toolkit_config_invalid"
+
+
+@pytest.mark.parametrize("mode", ["cdi", "jit-cdi", "csv"])
+def test_a_mode_the_hook_refuses_is_not_configured(root, mode):
+    executable(root, "/usr/bin/nvidia-ctk")
+    executable(root, "/usr/bin/nvidia-container-runtime-hook")
+    dpkg_toolkit(root, "1.18.0-1")
+    config = root.path(toolkit.RUNTIME_CONFIG)
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[nvidia-container-runtime]\nmode = "{mode}"\n')
+    facts = toolkit.detect(root)
+    assert facts.mode == mode and not facts.configured and not facts.ready
+    assert [p.name for p in facts.problems] == ["toolkit_cdi_mode"]
 
 
 def test_hook_is_looked_up_on_the_running_dockerds_path(root):
@@ -177,13 +200,32 @@ def test_hook_is_looked_up_on_the_running_dockerds_path(root):
     assert facts.search_path == ("/opt/nvidia/bin", "/usr/bin")
 
 
-def test_engine_without_the_runtime_means_restart_needed(root):
+def dockerd_started_at(root: Root, epoch: int) -> None:
+    """A running dockerd under the root that started at `epoch` (btime + 0 ticks)."""
+    proc = root.path("/proc/4242")
+    proc.mkdir(parents=True)
+    (proc / "comm").write_text("dockerd\n")
+    (proc / "environ").write_bytes(b"PATH=/usr/bin\0")
+    (proc / "stat").write_text("4242 (dockerd) S " + " ".join(["0"] * 19) + " 0\n")
+    root.path("/proc/stat").write_text(f"cpu 1 2 3\nbtime {epoch}\n")
+
+
+def test_daemon_json_without_the_nvidia_runtime_is_configured(root):
+    """moby's --gpus needs the hook on dockerd's PATH, not runtimes.nvidia."""
     executable(root, "/usr/bin/nvidia-ctk")
     executable(root, "/usr/bin/nvidia-container-runtime-hook")
-    write_daemon(root, {"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}})
+    write_daemon(root, {"log-driver": "journald"})
     facts = toolkit.detect(root, FakeEngine(("io.containerd.runc.v2", "runc")))
+    assert facts.configured and facts.ready and facts.problems == ()
+
+
+def test_engine_started_before_the_hook_means_restart_needed(root):
+    executable(root, "/usr/bin/nvidia-ctk")
+    executable(root, "/usr/bin/nvidia-container-runtime-hook")
+    dockerd_started_at(root, 1000)  # long before the hook file appeared
+    facts = toolkit.detect(root)
     assert [p.name for p in facts.problems] == ["docker_restart_needed"]
-    assert not facts.ready
+    assert "started before" in facts.problems[0].message and not facts.ready
 
 
 @pytest.mark.docker
@@ -268,6 +310,21 @@ def assert_installed(root: Root, result: toolkit.ToolkitResult) -> None:
     assert result.facts.mode == "legacy"
 
 
+def assert_held(root: Root) -> None:
+    """Every toolkit package the agent installed is held in the root's dpkg database (an
+    unattended upgrade would swap it under a running node)."""
+    stanzas = root.path(toolkit.DPKG_STATUS).read_text().split("\n\n")
+    held = {
+        line.split(": ", 1)[1]
+        for stanza in stanzas
+        if "Status: hold ok installed" in stanza
+        for line in stanza.splitlines()
+        if line.startswith("Package: ")
+    }
+    assert held == set(toolkit.installed_packages(root, toolkit.TOOLKIT_PACKAGES))
+    assert held >= {"nvidia-container-toolkit", "nvidia-container-toolkit-base"}
+
+
 def test_offline_from_baked_packages(root, repo):
     bake(root, repo)
     path = write_daemon(root, OTHER_KEYS)
@@ -275,8 +332,9 @@ def test_offline_from_baked_packages(root, repo):
     runner = GuardedRunner(root)
     result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner)
     assert_installed(root, result)
-    assert runner.commands() == ["dpkg", "nvidia-ctk", "systemctl"]
+    assert runner.commands() == ["dpkg", "apt-mark", "nvidia-ctk", "systemctl"]
     assert runner.calls[-1] == ["systemctl", "restart", "docker"]
+    assert_held(root)
     # nvidia-ctk's own output: whole file rewritten, sorted, 4-space indent, keys kept
     assert path.read_text() == ctk_shape(toolkit.merged_daemon_json(OTHER_KEYS))
     assert path.with_name("daemon.json.fl-agent.bak").read_bytes() == original
@@ -297,7 +355,8 @@ def test_from_the_signed_apt_repository(root, repo):
     runner = GuardedRunner(root)
     result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner, repo_url=repo.url)
     assert_installed(root, result)
-    assert runner.commands() == ["apt-get", "apt-get", "nvidia-ctk", "systemctl"]
+    assert runner.commands() == ["apt-get", "apt-get", "apt-mark", "nvidia-ctk", "systemctl"]
+    assert_held(root)
     source = root.path(toolkit.SOURCE_LIST).read_text()
     assert source == f"deb [signed-by={root.path(toolkit.KEYRING)}] {repo.url} /\n"
     # nothing was missing in daemon.json: nvidia-ctk created it
@@ -396,19 +455,21 @@ def test_a_failed_restart_fails(root, repo):
     assert (result.action, result.problem.name) == ("failed", "docker_restart_failed")
 
 
-def test_restart_when_the_engine_lacks_the_runtime(root, repo):
+def test_restart_when_the_engine_started_before_the_hook(root, repo):
     bake(root, repo)
     toolkit.ensure(AUTO, root, gpu_present=True, runner=GuardedRunner(root))
-    engine = FakeEngine(("runc",))
+    dockerd_started_at(root, 1000)
 
     class Restarting(GuardedRunner):
         def __call__(self, argv, *, timeout, env=None):
-            if argv[0] == "systemctl":
-                engine.runtimes = ("nvidia", "runc")
+            if argv[0] == "systemctl":  # the new dockerd starts after the hook was installed
+                root.path("/proc/stat").write_text(f"btime {int(time.time()) + 5}\n")
             return super().__call__(argv, timeout=timeout, env=env)
 
     runner = Restarting(root)
-    result = toolkit.ensure(AUTO, root, gpu_present=True, engine=engine, runner=runner)
+    result = toolkit.ensure(
+        AUTO, root, gpu_present=True, engine=FakeEngine(("runc",)), runner=runner
+    )
     assert runner.commands() == ["systemctl"]
     assert result.action == "present" and result.facts.ready
 
@@ -535,9 +596,22 @@ def test_installs_into_a_debian_system_at_root(docker_client, repo):
     assert [Path(c[0]).name for c in out["calls"]] == [
         "apt-get",
         "apt-get",
+        "apt-mark",
         "nvidia-ctk",
         "systemctl",
     ]
-    assert "nvidia-container-toolkit 1.17.8-1 install ok installed" in out["dpkg"]
-    assert "nvidia-container-toolkit-base 1.17.8-1 install ok installed" in out["dpkg"]
+    # held: an unattended upgrade cannot swap the toolkit under a running node
+    assert "nvidia-container-toolkit 1.17.8-1 hold ok installed" in out["dpkg"]
+    assert "nvidia-container-toolkit-base 1.17.8-1 hold ok installed" in out["dpkg"]
     assert out["daemon"] == ctk_shape(toolkit.merged_daemon_json({"log-driver": "journald"}))
+
+
+def test_a_periodic_run_never_restarts_the_engine(root, repo):
+    bake(root, repo)
+    toolkit.ensure(AUTO, root, gpu_present=True, runner=GuardedRunner(root))
+    dockerd_started_at(root, 1000)
+    runner = GuardedRunner(root)
+    result = toolkit.ensure(AUTO, root, gpu_present=True, runner=runner, restart_engine=False)
+    assert runner.commands() == [] and result.action == "failed"
+    assert result.problem.name == "docker_restart_needed"
+    assert any("next boot" in step for step in result.steps)

@@ -119,7 +119,7 @@ def test_driver_init_failed_on_a_bios_vm(tmp_path, nvml_stub):  # noqa: F811
     driver = stages(report)["driver"]
     assert report["problem"]["name"] == "gpu_driver_init_failed"
     assert "RmInitAdapter failed" in driver["detail"]
-    assert "BIOS" in driver["hint"] and "FIRMWARE=UEFI" in driver["hint"]
+    assert "BIOS" in driver["hint"] and "OS=[FIRMWARE=UEFI, MACHINE=q35]" in driver["hint"]
 
 
 # --- driver versions ---
@@ -172,14 +172,15 @@ def test_toolkit_present_then_no_engine(tmp_path, nvml_stub):  # noqa: F811
     assert report["problem"]["name"] == "docker_unavailable"
 
 
-def test_toolkit_in_cdi_mode_is_a_warning(tmp_path, nvml_stub):  # noqa: F811
+def test_toolkit_in_a_mode_the_hook_refuses_fails(tmp_path, nvml_stub):  # noqa: F811
     root = install_toolkit(working(tmp_path))
     config = root / "etc/nvidia-container-runtime/config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('[nvidia-container-runtime]\nmode = "cdi"\n')
-    toolkit = stages(run(tmp_path, nvml_stub, h100()))["toolkit"]
-    assert toolkit["status"] == "warn" and "mode cdi" in toolkit["detail"]
-    assert "CDI mode" in toolkit["hint"]
+    report = run(tmp_path, nvml_stub, h100())
+    toolkit = stages(report)["toolkit"]
+    assert toolkit["status"] == "fail" and report["problem"]["name"] == "toolkit_cdi_mode"
+    assert 'mode = "legacy"' in toolkit["hint"]
 
 
 def test_repair_respects_toolkit_install_never(tmp_path, nvml_stub):  # noqa: F811
@@ -234,6 +235,49 @@ def test_mig_on_without_instances(tmp_path, nvml_stub):  # noqa: F811
     assert "no MIG devices" in report["problem"]["message"]
 
 
+def test_several_mig_devices_for_one_supernode_warn(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    gpu_vm_second(root)
+    variables = {"FL_CUDA_VISIBLE_DEVICES": ",".join(MIG_UUIDS[:2])}
+    report = run(tmp_path, nvml_stub, two_a100_mig(), variables=variables)
+    nvml = stages(report)["nvml"]
+    assert nvml["status"] == "warn" and "a CUDA process sees only one MIG device" in nvml["detail"]
+    assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in nvml["hint"]
+
+
+def _mig_without_instances() -> dict:
+    scenario = two_a100_mig()
+    scenario["devices"] = scenario["devices"][1:]
+    return scenario
+
+
+def test_mig_instances_are_waited_for_when_a_mig_tool_recreates_them(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    tool = root / "usr/bin/nvidia-mig-parted"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    report = run(tmp_path, nvml_stub, _mig_without_instances(), mig_wait_s=1)
+    assert report["problem"]["name"] == "mig_no_instances"
+    assert "waited 1s for /usr/bin/nvidia-mig-parted" in report["problem"]["message"]
+
+
+def test_no_mig_wait_without_a_mig_tool(tmp_path, nvml_stub):  # noqa: F811
+    working(tmp_path)
+    report = run(tmp_path, nvml_stub, _mig_without_instances(), mig_wait_s=1)
+    assert report["problem"]["name"] == "mig_no_instances"
+    assert "waited" not in report["problem"]["message"]
+
+
+def test_rm_init_failure_is_named_by_the_nvml_stage(tmp_path, nvml_stub):  # noqa: F811
+    root = working(tmp_path)
+    line = "NVRM: GPU 0000:01:00.0: RmInitAdapter failed! (0x26:0x56:1474)"
+    kernel_log(root, line)
+    report = run(tmp_path, nvml_stub, h100(handle_error=999))
+    assert report["failed_stage"] == "nvml"
+    assert report["problem"]["name"] == "gpu_driver_init_failed"
+    assert line in report["problem"]["message"]
+
+
 def gpu_vm_second(root):
     from tests.fixtures_gpu import add_pci_function
 
@@ -264,6 +308,15 @@ def test_fabric_registration_failed(tmp_path, nvml_stub):  # noqa: F811
     working(tmp_path)
     report = run(tmp_path, nvml_stub, h100(fabric={"state": 3, "status": 999}), fabric_wait_s=0)
     assert report["failed_stage"] == "fabric"
+
+
+def test_fabric_failed_at_once_says_so_and_names_the_version_rule(tmp_path, nvml_stub):  # noqa: F811
+    """A registration already completed with an error is not reported "after 60s"."""
+    working(tmp_path)
+    report = run(tmp_path, nvml_stub, h100(fabric={"state": 3, "status": 999}), fabric_wait_s=60)
+    message, hint = report["problem"]["message"], stages(report)["fabric"]["hint"]
+    assert "status 999" in message and "60s" not in message and "after 0.0s" in message
+    assert "exactly the driver's version" in hint and DRIVER in hint
 
 
 # --- markers and the report ---

@@ -6,7 +6,9 @@ import pytest
 
 from agent import engine
 from agent.gpu import probe
+from agent.gpu.cuda import DriverProperties, check_image, toolkit_brand
 from agent.validation import container, framework, nvml
+from tests.test_gpu_cuda import LABELS
 
 SMI_L = """GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a1000000-0000-4000-8000-000000000001)
   MIG 3g.40gb     Device  0: (UUID: MIG-0b1c2d3e-0000-5000-9000-00000000000a)
@@ -28,19 +30,6 @@ def test_device_request_all_or_ids_never_both():
     assert (every["Count"], every["DeviceIDs"], every["Capabilities"]) == (-1, [], [["gpu"]])
     some = engine.device_request(("GPU-x", "MIG-y"))
     assert (some["Count"], some["DeviceIDs"]) == (0, ["GPU-x", "MIG-y"])
-
-
-@pytest.mark.parametrize(
-    "env,expected",
-    [
-        (["PATH=/bin", "NVIDIA_REQUIRE_CUDA=cuda>=12.8 brand=tesla,driver>=470"], (12, 8)),
-        (["NVIDIA_REQUIRE_CUDA="], None),
-        (["PATH=/bin"], None),
-        (None, None),
-    ],
-)
-def test_image_cuda_requirement(env, expected):
-    assert probe.image_cuda_requirement(env) == expected
 
 
 @pytest.mark.parametrize(
@@ -72,8 +61,18 @@ def test_torch_probe_line_is_found_among_noise():
     assert probe.parse_torch_probe("Traceback ...") is None
 
 
-def interpret(probe_data, driver_cuda=12040, required=None):
-    return framework.interpret(probe_data, driver_cuda, required, "")
+NGC_ENV = LABELS["cuda-12.8.1-ubuntu22.04"]["env"]  # the real image's labels
+AVAILABLE = {"torch": "2.7.0", "cuda_build": "12.8", "available": True, "count": 1,
+             "names": ["H100"]}  # fmt: skip
+
+
+def driver(version="535.216.03", cuda="12.2"):
+    return [DriverProperties(version, cuda, toolkit_brand(14), "9.0")]  # 14: H100's brand
+
+
+def interpret(probe_data, driver_cuda=12040, env=(), gpus=None):
+    requirement = check_image(list(env), gpus if gpus is not None else [])
+    return framework.interpret(probe_data, driver_cuda, requirement, "")
 
 
 def test_torch_with_cuda_passes():
@@ -109,6 +108,30 @@ def test_framework_not_checkable_is_a_warning_not_ok(data):
 def test_image_requirement_beyond_the_driver():
     problem = framework.cuda_too_old("NVIDIA_REQUIRE_CUDA", (12, 8), 12040)
     assert problem.name == "cuda_driver_too_old" and "12.8" in problem.message
+
+
+def test_ngc_image_on_r535_through_its_branch_clause_passes():
+    """cuda>=12.8 is not met by R535's CUDA 12.2, but a brand/driver clause is (ORed)."""
+    out = interpret(AVAILABLE, 12020, NGC_ENV, driver())
+    assert out.status == "ok", out.detail
+    assert "forward compatibility" in out.detail
+
+
+def test_torch_that_runs_is_read_before_its_cuda_build():
+    """torch built for CUDA 13 that runs a kernel (cuda-compat) is proof enough."""
+    data = {**AVAILABLE, "torch": "2.9.0", "cuda_build": "13.0"}
+    assert interpret(data, 12040).status == "ok"
+
+
+def test_unmet_requirement_without_a_working_torch_fails_with_the_toolkit_text():
+    out = interpret({"torch": None}, 12030, NGC_ENV, driver("545.29.06", "12.3"))  # no clause
+    assert out.problem.name == "cuda_driver_too_old"
+    assert "unsatisfied condition: cuda>=12.8" in out.problem.message
+
+
+def test_disable_require_turns_the_check_off():
+    env = [*NGC_ENV, "NVIDIA_DISABLE_REQUIRE=true"]
+    assert interpret({"torch": None}, 12030, env, driver("545.29.06", "12.3")).status == "warn"
 
 
 def compare(seen, selected=None):

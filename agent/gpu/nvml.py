@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.errors import Problem
+from agent.outcome import PROBLEMS
 
 # NVML return codes (nvml.h); pynvml raises NVMLError subclasses carrying them as `.value`.
 SUCCESS = 0
@@ -41,14 +42,7 @@ _CAUSES: dict[int, tuple[str, str, str]] = {
         "libnvidia-ml.so.1 cannot be loaded: no NVIDIA driver userspace is installed",
         _DRIVER_FIX,
     ),
-    9: (
-        "gpu_driver_not_loaded",
-        "the NVIDIA kernel module is not loaded",
-        "load it with `modprobe nvidia`; if that fails read the kernel log: 'Key was rejected "
-        "by service' means Secure Boot refuses the unsigned module (sign it with a MOK or "
-        "disable Secure Boot), 'Unknown symbol' or no module means DKMS did not build it for "
-        "the running kernel (`dkms status`, install the headers of `uname -r`)",
-    ),
+    9: ("gpu_driver_not_loaded", *PROBLEMS["gpu_driver_not_loaded"]),
     18: (
         "gpu_driver_mismatch",
         "the NVML library and the loaded kernel module are different driver versions "

@@ -1,5 +1,6 @@
-"""What GPU probes print, parsed: `nvidia-smi -L`, the torch probe's JSON line, and the
-image's NVIDIA_REQUIRE_CUDA. The probe containers themselves are `agent.engine.run_probe`."""
+"""What GPU probes print, parsed: `nvidia-smi -L` and the torch probe's JSON line. The probe
+containers themselves are `agent.engine.run_probe`; the image's NVIDIA_REQUIRE_* are judged by
+`agent.gpu.cuda`."""
 
 from __future__ import annotations
 
@@ -7,22 +8,11 @@ import json
 import re
 
 _UUID_IN_LIST = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)\s]+)\)")
-_REQUIRE = re.compile(r"cuda>=(\d+)\.(\d+)")
 
 
 def listed_uuids(nvidia_smi_l: str) -> tuple[str, ...]:
     """The GPU and MIG UUIDs in `nvidia-smi -L` output, in order."""
     return tuple(_UUID_IN_LIST.findall(nvidia_smi_l))
-
-
-def image_cuda_requirement(env: list[str] | None) -> tuple[int, int] | None:
-    """The `cuda>=X.Y` of the image's NVIDIA_REQUIRE_CUDA, which the toolkit enforces."""
-    for item in env or ():
-        key, _, value = item.partition("=")
-        if key == "NVIDIA_REQUIRE_CUDA":
-            match = _REQUIRE.search(value)
-            return (int(match.group(1)), int(match.group(2))) if match else None
-    return None
 
 
 # Printed as one JSON line by the framework probe; runs inside the SuperNode image.

@@ -25,12 +25,13 @@ import re
 from dataclasses import dataclass
 
 from agent.errors import Problem
+from agent.outcome import PROBLEMS
 
 RESTART_ENGINE = "restart_engine"
 REGENERATE_CDI_SPEC = "regenerate_cdi_spec"
 CDI_SPEC = "/var/run/cdi/nvidia.yaml"
 CDI_GENERATE = f"nvidia-ctk cdi generate --output={CDI_SPEC}"
-_TOOLKIT_MODE_FIX = (
+TOOLKIT_MODE_FIX = (
     'set `mode = "legacy"` (or "auto") under [nvidia-container-runtime] in '
     "/etc/nvidia-container-runtime/config.toml: Docker's --gpus runs the legacy hook, which "
     "refuses every other mode"
@@ -48,6 +49,11 @@ class RefusalClass:
 
 def _class(name: str, pattern: str, cause: str, fix: str, repair: str | None = None):
     return RefusalClass(name, re.compile(pattern, re.IGNORECASE), cause, fix, repair)
+
+
+def _catalogued(name: str, pattern: str) -> RefusalClass:
+    """A class whose cause and fix are agent/outcome.py's (one definition of each name)."""
+    return _class(name, pattern, *PROBLEMS[name])
 
 
 # Most specific first: the hook's own stderr, then the runtime's, then the engine's wrappers.
@@ -71,7 +77,7 @@ REFUSALS: tuple[RefusalClass, ...] = (
         "toolkit_cdi_mode",
         r"invoking the NVIDIA Container Runtime Hook directly",
         "the toolkit's mode is not legacy (cdi, jit-cdi or csv): its hook refuses --gpus",
-        _TOOLKIT_MODE_FIX,
+        TOOLKIT_MODE_FIX,
     ),
     _class(
         "cuda_requirement_unmet",
@@ -93,12 +99,7 @@ REFUSALS: tuple[RefusalClass, ...] = (
         "the toolkit's hook cannot load NVML: the driver's userspace is not installed",
         "install the NVIDIA driver in the VM image",
     ),
-    _class(
-        "gpu_driver_not_loaded",
-        r"nvml error: driver not loaded",
-        "the toolkit's hook found no loaded NVIDIA kernel module",
-        "load the driver (`modprobe nvidia`) and read the kernel log if it fails",
-    ),
+    _catalogued("gpu_driver_not_loaded", r"nvml error: driver not loaded"),
     _class(
         "engine_cdi_disabled",
         r'could not select device driver "cdi"',
@@ -115,11 +116,9 @@ REFUSALS: tuple[RefusalClass, ...] = (
         "only at start",
         RESTART_ENGINE,
     ),
-    _class(
+    _catalogued(
         "toolkit_not_configured",
         r"unknown or invalid runtime name: nvidia|Unknown runtime specified nvidia",
-        "the engine does not know the nvidia runtime",
-        "`nvidia-ctk runtime configure --runtime=docker` and `systemctl restart docker`",
     ),
     _class(
         "cdi_injection_failed",

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent import log
 from agent.atomicfile import write_atomic
 from agent.config import Config
 from agent.errors import Problem
-from agent.gpu import GpuFacts, Selection, collect_facts, resolve_devices
+from agent.gpu import GpuFacts, Selection, collect_facts, read_nvml, resolve_devices
+from agent.gpu.mig import MIG_WAIT_S, mig_tool, should_wait_for_mig, wait_for_mig
 from agent.outcome import Mode, StageStatus, Verdict
 from agent.paths import Root
 from agent.plan import GpuVerdict, ImageFacts
@@ -46,17 +47,36 @@ class Observed:
     gpu: GpuFacts | None  # None: not read
     toolkit: ToolkitFacts | None
     image: ImageFacts
+    mig_wait: nvml.MigWait | None = None  # how long NVML was re-read for MIG instances
 
 
-def observe(config: Config, root: Root, engine, image: ImageFacts | None = None) -> Observed:
-    """Read everything the stages judge (the image's facts when not given); changes nothing."""
+def observe(
+    config: Config,
+    root: Root,
+    engine,
+    image: ImageFacts | None = None,
+    *,
+    mig_wait_s: float = MIG_WAIT_S,
+) -> Observed:
+    """Read everything the stages judge (the image's facts when not given); changes nothing.
+
+    MIG instances do not survive a reboot: when a MIG tool is installed that recreates them,
+    NVML is re-read (at most `mig_wait_s`) until every MIG-mode GPU has its instances.
+    """
     facts = collect_facts(root)
+    tool = mig_tool(root)
+    mig_wait = None
+    if should_wait_for_mig(facts.nvml, tool):
+        polled = wait_for_mig(read_nvml, mig_wait_s)
+        facts = replace(facts, nvml=polled.value)
+        mig_wait = nvml.MigWait(tool or "", polled.waited_s)
     toolkit_facts = None
     if facts.present:
         from agent import toolkit as nvidia_toolkit
 
         toolkit_facts = nvidia_toolkit.detect(root, engine)
-    return Observed(facts, toolkit_facts, image or _image_facts(engine, config.supernode_image))
+    image_facts = image or _image_facts(engine, config.supernode_image)
+    return Observed(facts, toolkit_facts, image_facts, mig_wait)
 
 
 def _image_facts(engine, reference: str) -> ImageFacts:
@@ -190,16 +210,25 @@ def _checks(
     return {
         "pci": lambda: pci.check(facts.pci, config.gpu_enabled),
         "driver": lambda: driver.check(facts.pci, facts.driver, facts.nvml),
-        "nvml": lambda: nvml.check(facts.nvml, facts.pci, selection),
-        "fabric": lambda: fabric.check(chosen, facts.pci.nvswitches, fabric_wait_s),
+        "nvml": lambda: nvml.check(
+            facts.nvml, facts.pci, selection, facts.driver_init_failure, observed.mig_wait
+        ),
+        "fabric": lambda: fabric.check(
+            chosen, facts.pci.nvswitches, fabric_wait_s, facts.nvml.driver_version
+        ),
         "toolkit": lambda: toolkit.check(observed.toolkit or ToolkitFacts(), repaired),
         "container": lambda: container.check(
             engine, observed.image, selection.uuids, expected, allowed
         ),
         "framework": lambda: framework.check(
-            engine, observed.image, facts.nvml.cuda_driver_version, selection.uuids
+            engine, observed.image, facts.nvml, chosen, selection.uuids, _hook_mode(observed)
         ),
     }
+
+
+def _hook_mode(observed: Observed) -> str:
+    """The toolkit mode that serves Docker's --gpus (the hook's); legacy when not read."""
+    return (observed.toolkit or ToolkitFacts()).resolved_mode("hook").mode
 
 
 def _skip_reason(
@@ -263,10 +292,11 @@ def validate(
     engine=None,
     repair: bool = False,
     fabric_wait_s: float = FABRIC_WAIT_S,
+    mig_wait_s: float = MIG_WAIT_S,
 ) -> ValidationReport:
     """Observe, evaluate, repair the toolkit when asked and it is what fails, then write."""
     engine = engine or _engine()
-    observed = observe(config, root, engine)
+    observed = observe(config, root, engine, mig_wait_s=mig_wait_s)
     report = evaluate(config, observed, engine, fabric_wait_s=fabric_wait_s)
     if repair and report.failed_stage == "toolkit":
         report = repair_toolkit(config, root, report, observed, engine, fabric_wait_s)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agent.errors import Problem
 from agent.gpu import NvmlFacts, NvmlGpu, Selection
 from agent.gpu.pci import PciFacts
 from agent.outcome import StageStatus
 from agent.stages import Check
 from agent.validation.wording import TEMPLATE_FIX, plural, size
+
+
+@dataclass(frozen=True)
+class MigWait:
+    """NVML was re-read for MIG instances that the MIG tool recreates after a reboot."""
+
+    tool: str
+    waited_s: float
 
 
 def targets(nvml: NvmlFacts, selection: Selection) -> list[NvmlGpu]:
@@ -30,14 +40,21 @@ def expected_uuids(nvml: NvmlFacts, selection: Selection) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check(nvml: NvmlFacts, pci: PciFacts, selection: Selection) -> Check:
+def check(
+    nvml: NvmlFacts,
+    pci: PciFacts,
+    selection: Selection,
+    init_failure: Problem | None = None,
+    mig_wait: MigWait | None = None,
+) -> Check:
+    """`init_failure`: RmInitAdapter in the kernel log, named instead of NVML's Unknown Error."""
     if nvml.problem:
-        return Check.failed(nvml.problem)
+        return Check.failed(init_failure or nvml.problem)
     lost = [g for g in nvml.gpus if g.problem]
     usable = [g for g in nvml.gpus if g.uuid and not g.problem]
     if not usable:
         if lost and lost[0].problem:
-            return Check.failed(lost[0].problem)
+            return Check.failed(init_failure or lost[0].problem)
         return Check.failed(
             Problem(
                 "gpu_not_visible",
@@ -50,27 +67,38 @@ def check(nvml: NvmlFacts, pci: PciFacts, selection: Selection) -> Check:
     if not selection.ok:
         more = "; ".join(p.message for p in selection.problems[1:])
         return Check.failed(selection.problems[0], detail + (f"; also: {more}" if more else ""))
-    return _warnings(nvml, pci, selection, detail, lost)
+    return _warnings(nvml, pci, selection, detail, lost, mig_wait)
 
 
 def _warnings(
-    nvml: NvmlFacts, pci: PciFacts, selection: Selection, detail: str, lost: list[NvmlGpu]
+    nvml: NvmlFacts,
+    pci: PciFacts,
+    selection: Selection,
+    detail: str,
+    lost: list[NvmlGpu],
+    mig_wait: MigWait | None,
 ) -> Check:
     chosen = targets(nvml, selection)
     empty_mig = [g for g in chosen if g.mig_mode and not g.mig_devices]
     if empty_mig and len(empty_mig) == len(chosen):
+        waited = (
+            f" (waited {mig_wait.waited_s:.0f}s for {mig_wait.tool} to create them)"
+            if mig_wait
+            else ""
+        )
         return Check.failed(
             Problem(
                 "mig_no_instances",
                 empty_mig[0].uuid or "",
                 f"MIG mode is on for {', '.join(g.uuid or '' for g in empty_mig)} but no MIG "
-                "device exists: CUDA sees nothing there",
+                f"device exists{waited}: CUDA sees nothing there",
                 "create the instances (`nvidia-smi mig -cgi <profiles> -C`; they do not survive "
                 "a reboot) or disable MIG (`nvidia-smi -mig 0`)",
             ),
             detail,
         )
     warnings = [(f"GPU {g.index}: {g.problem.message}", g.problem.fix) for g in lost if g.problem]
+    warnings += [(p.message, p.fix) for p in selection.warnings]
     warnings += [
         (f"GPU {g.index} has MIG on but no MIG device", "create MIG instances or disable MIG")
         for g in empty_mig

@@ -1,4 +1,5 @@
-"""Stage toolkit: the NVIDIA Container Toolkit installed, wired into dockerd, and its mode.
+"""Stage toolkit: the NVIDIA Container Toolkit installed, its hook registered by dockerd (on
+dockerd's PATH when it started: `agent.toolkit_modes.gpus_path`), and a mode the hook serves.
 
 It reads the toolkit's facts (`agent.toolkit.detect`, taken by observe) or, after the one
 repair a boot makes, the install's result (`agent.toolkit.ensure`, run by apply).
@@ -32,15 +33,10 @@ def check(facts: ToolkitFacts, repaired: ToolkitResult | None = None) -> Check:
                 problem.name, problem.subject, problem.message, problem.fix + _REPAIR_FIX
             )
         return Check.failed(problem, action)
+    hook = facts.resolved_mode("hook")
     detail = (
-        f"{action}: nvidia-ctk at {facts.ctk_path}, hook at {facts.hook_path}, mode {facts.mode}, "
-        f"engine runtimes: {', '.join(facts.engine_runtimes) or 'not asked'}"
+        f"{action}: nvidia-ctk at {facts.ctk_path}, hook at {facts.hook_path} (on dockerd's PATH "
+        f"since before it started), runtime mode {facts.mode}, --gpus hook mode {hook.mode} "
+        f"({hook.reason}), engine runtimes: {', '.join(facts.engine_runtimes) or 'not asked'}"
     )
-    if facts.mode == "cdi":
-        return Check(
-            StageStatus.WARN,
-            detail,
-            "the runtime is in CDI mode: DeviceRequests may be refused; the container stage "
-            'decides (set mode="auto" in /etc/nvidia-container-runtime/config.toml if it fails)',
-        )
     return Check(StageStatus.OK, detail)

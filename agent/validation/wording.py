@@ -23,6 +23,6 @@ def first_lines(text: str, n: int = 3) -> str:
 
 
 TEMPLATE_FIX = (
-    "check the VM template: OS=[FIRMWARE=UEFI], FEATURES=[MACHINE=q35], "
+    "check the VM template: OS=[FIRMWARE=UEFI, MACHINE=q35], "
     "CPU_MODEL=[MODEL=host-passthrough] and enough 64-bit MMIO for the GPU's BARs"
 )
