@@ -75,13 +75,13 @@ def watch_confirmed_loss(root: Root) -> tuple[str, ...]:
         state = json.loads((root.state_dir / WATCH_STATE_FILE).read_text())
     except (OSError, ValueError):
         return ()
-    if not isinstance(state, dict) or state.get("boot_id", "") != _boot_id(root):
+    if not isinstance(state, dict) or state.get("boot_id", "") != boot_id(root):
         return ()
     loss = state.get("gpu_loss") or {}
     return tuple(loss.get("uuids") or ()) if loss.get("confirmed") else ()
 
 
-def _boot_id(root: Root) -> str:
+def boot_id(root: Root) -> str:
     """The kernel's boot id, as the watch records it ("" when unreadable)."""
     try:
         return (root.proc / "sys/kernel/random/boot_id").read_text().strip()

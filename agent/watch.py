@@ -9,7 +9,8 @@ One long-running loop (systemd/fl-agent-watch.service restarts it whenever it di
   the SuperNode's log since the last tick into FL_SUPERNODE_STATUS (agent/supernode_status.py);
 - OneGate gets an attribute only when its value changed; READY is never touched here;
 - a GPU NVML reports lost or gone on `CONFIRM_OBSERVATIONS` consecutive ticks is a confirmed
-  loss, written to the watch state (`confirmed_gpu_loss`) for the re-convergence to act on.
+  loss, written to the watch state for the re-convergence to act on (agent/reconverge.py
+  `watch_confirmed_loss` reads it).
 
 Nothing here restarts dockerd, runs a probe container or creates a CUDA context. A failing
 NVML, engine or OneGate is a named problem in the log and the watch state, and the next tick
@@ -33,6 +34,7 @@ from agent.gpu import access as gpu_access
 from agent.gpu import health as gpu_health
 from agent.outcome import problem
 from agent.paths import Root
+from agent.reconverge import WATCH_STATE_FILE, boot_id, host_loss, inventory
 from agent.state import boot_lock, read_state, write_private_json
 from agent.supernode_status import LogState, SupernodeStatus, advance
 
@@ -41,7 +43,6 @@ CONFIRM_OBSERVATIONS = 3
 """Consecutive ticks on which NVML must say a given GPU is lost or gone before the loss is
 confirmed: with the default interval, a loss that lasts two minutes. One reading is never
 enough: a fabric or driver blip passes, a GPU off the bus stays off."""
-WATCH_STATE_FILE = "watch.json"
 EVENT_WAIT_MS = 1000  # one wait on NVML's event set; SIGTERM is seen within it
 MAX_EVENTS = 32  # kept across watch restarts within one VM boot
 LOG_FIRST_TAIL = 500  # lines of a container's log read when the watch first sees it
@@ -87,18 +88,9 @@ def target_from_record(record: dict | None) -> Target | None:
     mode = str(container.get("mode") or "NONE")
     expected: tuple[str, ...] = ()
     if mode == "GPU":
-        expected = tuple((spec or {}).get("gpu_device_ids") or ()) or _inventory(record)
+        expected = tuple((spec or {}).get("gpu_device_ids") or ()) or inventory(record)
     name = (spec or {}).get("name") or container["container_id"]
     return Target(name, container["container_id"], mode, expected, spec)
-
-
-def _inventory(record: dict) -> tuple[str, ...]:
-    """Every GPU the boot's validation saw (the container was given all of them)."""
-    validation = record.get("validation") or {}
-    if validation.get("selected"):
-        return tuple(validation["selected"])
-    gpus = (((validation.get("facts") or {}).get("nvml") or {}).get("gpus")) or ()
-    return tuple(g["uuid"] for g in gpus if g.get("uuid"))
 
 
 # --------------------------------------------------------------------------- the watch's state
@@ -179,31 +171,17 @@ def read_watch_state(root: Root) -> dict[str, Any] | None:
         return None
 
 
-def confirmed_gpu_loss(root: Root) -> tuple[str, ...]:
-    """The GPUs whose loss the watch confirmed (empty: none): the only loss a re-convergence
-    may demote the node for."""
-    loss = (read_watch_state(root) or {}).get("gpu_loss") or {}
-    return tuple(loss.get("uuids") or ()) if loss.get("confirmed") else ()
-
-
 def load_state(root: Root) -> WatchState:
     """The kept state when it is of this VM boot (same kernel boot id); else a fresh one."""
-    boot_id = _boot_id(root)
+    current = boot_id(root)
     data = read_watch_state(root)
     try:
         kept = WatchState.from_dict(data) if data else WatchState()
     except (TypeError, ValueError, KeyError):
         kept = WatchState()
-    if kept.boot_id != boot_id:  # a reboot reset the GPUs: only the attributes sent remain
-        return WatchState(boot_id=boot_id, sent=kept.sent)
+    if kept.boot_id != current:  # a reboot reset the GPUs: only the attributes sent remain
+        return WatchState(boot_id=current, sent=kept.sent)
     return kept
-
-
-def _boot_id(root: Root) -> str:
-    try:
-        return (root.proc / "sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- decide (pure)
@@ -213,16 +191,14 @@ def observe_loss(
     loss: GpuLoss, facts: gpu_health.HealthFacts | None, expected: tuple[str, ...], now: str
 ) -> GpuLoss:
     """One more observation of the GPUs the container was given: lost (NVML_ERROR_GPU_IS_LOST)
-    or gone (no longer listed) counts; an NVML that did not answer at all does not."""
+    or gone (no longer listed) counts, as agent/reconverge.py's `host_loss` reads NVML; an
+    NVML that did not answer at all does not count either way."""
     if facts is None or not facts.available or facts.problem or not expected:
         return loss
-    listed = {g.uuid for g in facts.gpus if not g.lost}
-    lost_any = any(g.lost for g in facts.gpus)
-    missing = tuple(u for u in expected if u not in listed)
-    if not missing and not lost_any:
+    lost = host_loss(facts, expected)
+    if not lost:
         return GpuLoss()
-    uuids = missing or expected
-    return GpuLoss(loss.observations + 1, uuids, loss.since or now)
+    return GpuLoss(loss.observations + 1, lost, loss.since or now)
 
 
 def status_attributes(state: WatchState) -> dict[str, str]:

@@ -18,13 +18,13 @@ from agent.context import render_context
 from agent.gpu.health import GpuEvent, GpuHealth, HealthFacts
 from agent.onegate import ATTRIBUTES
 from agent.paths import Root
+from agent.reconverge import watch_confirmed_loss
 from agent.supernode_status import LogState, SupernodeStatus
 from agent.watch import (
     CONFIRM_OBSERVATIONS,
     GpuLoss,
     WatchState,
     _kept,
-    confirmed_gpu_loss,
     load_state,
     observe_loss,
     status_attributes,
@@ -134,7 +134,7 @@ def test_state_is_kept_within_a_boot_and_reset_by_a_reboot(tmp_path):
     write_private_json(watch_state_path(root), state.to_dict(), "watch")
     assert watch_state_path(root).stat().st_mode & 0o777 == 0o600
     assert load_state(root).events == state.events
-    assert confirmed_gpu_loss(root) == (H100_UUID,)
+    assert watch_confirmed_loss(root) == (H100_UUID,)  # what the re-convergence reads
     boot_id.write_text("two\n")
     fresh = load_state(root)
     assert fresh.events == () and fresh.sent == state.sent and fresh.boot_id == "two"
