@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,14 @@ XID_LIMIT_S = 2.0
 
 
 def main() -> dict:
+    work = Path(tempfile.mkdtemp(prefix="fl-watch-bench-"))
+    try:
+        return _run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=150.0, help="idle seconds measured")
     parser.add_argument("--interval", type=float, default=60.0, help="the watch's interval")
@@ -58,7 +67,6 @@ def main() -> dict:
     from emulators.onegate import OneGateEmulator
     from tests.fixtures_gpu import build_stub, h100
 
-    work = Path(tempfile.mkdtemp(prefix="fl-watch-bench-"))
     hook_dir = work / "bin"
     hook_dir.mkdir()
     (hook_dir / "nvidia-container-runtime-hook").write_text(HOOK)
