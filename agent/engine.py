@@ -206,13 +206,16 @@ class Engine:
             yield response
         except OSError as exc:
             raise EngineError(f"the engine at {self.host} went away: {exc}") from None
+        except ValueError as exc:  # a malformed chunk size or status from a buggy engine
+            raise EngineError(f"the engine at {self.host} answered garbage: {exc}") from None
         finally:
             sock.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
         with self._open(method, path, **kwargs) as response:
             raw = response.read()
-        return json.loads(raw) if raw.lstrip()[:1] in (b"{", b"[") else None
+            # inside the response: malformed JSON is an EngineError like a malformed frame
+            return json.loads(raw) if raw.lstrip()[:1] in (b"{", b"[") else None
 
     # --- calls
 

@@ -136,3 +136,32 @@ def test_a_stale_cdi_spec_is_regenerated_once_through_the_runner():
     assert repairs.attempt(None, refusal)  # no engine restart: any run may regenerate
     assert not repairs.attempt(None, refusal)  # once
     assert calls == [CDI_GENERATE.split()]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # chunk size not hex
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{oops",  # JSON that is not
+    ],
+)
+def test_garbage_from_the_engine_is_an_engine_error_not_a_traceback(tmp_path, raw):
+    path = str(tmp_path / "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(raw)
+        conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with pytest.raises(EngineError, match="garbage"):
+            Engine(f"unix://{path}", timeout_s=5).info()
+    finally:
+        thread.join()
+        listener.close()
