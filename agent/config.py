@@ -26,6 +26,8 @@ from agent.errors import Problem
 
 DEFAULT_DATA_DIR = "/opt/flower/data"
 ISOLATIONS = ("subprocess", "process")
+ROLES = ("supernode", "superlink")
+"""FL_ROLE: the same image runs a SuperNode (the default) or the federation's SuperLink."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -127,6 +129,7 @@ def _is_registry(component: str) -> bool:
 class Config:
     """The validated configuration. Defaults are the table in the README."""
 
+    role: str = "supernode"  # ROLES
     gpu_enabled: str = "AUTO"  # YES | NO | AUTO
     gpu_required: bool = False
     cuda_visible_devices: tuple[DeviceSelector, ...] | None = None  # None: all
@@ -239,6 +242,7 @@ def build_config(
     r = _Reader(variables)
     version = _flower_version(r, baked_flower_version)
     values = {
+        "role": _role(r),
         "gpu_enabled": r.choice("FL_GPU_ENABLED", ("YES", "NO", "AUTO"), "AUTO"),
         "gpu_required": r.yes_no("FL_GPU_REQUIRED", False),
         "cuda_visible_devices": _devices(r),
@@ -294,6 +298,16 @@ def _image(r: _Reader, version: str) -> str:
         "a Docker image reference such as registry:5000/repo/name:tag or repo/name@sha256:<hex>",
     )
     return flower.default_image(version)
+
+
+def _role(r: _Reader) -> str:
+    raw = r.get("FL_ROLE")
+    if raw is None:
+        return "supernode"
+    if raw.strip().lower() in ROLES:
+        return raw.strip().lower()
+    r.bad("FL_ROLE", raw, ", ".join(ROLES) + " (case-insensitive)")
+    return "supernode"
 
 
 def _isolation(r: _Reader) -> str:

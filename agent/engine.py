@@ -500,6 +500,8 @@ def create_body(spec: ContainerSpec) -> dict:
     }
     if spec.user:
         body["User"] = spec.user
+    if spec.entrypoint is not None:
+        body["Entrypoint"] = list(spec.entrypoint)
     return body
 
 

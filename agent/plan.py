@@ -111,12 +111,14 @@ class ContainerSpec:
     restart_policy: str = RESTART_POLICY
     network_mode: str = "host"
     resources: ContainerResources | None = None  # shm and ulimits (agent/container_resources.py)
+    entrypoint: tuple[str, ...] | None = None  # None: the image's own (flower-supernode)
 
     @property
     def spec_hash(self) -> str:
         data = asdict(self)
-        if data["resources"] is None:  # a CPU spec hashes as it did before resources existed
-            del data["resources"]
+        for optional in ("resources", "entrypoint"):  # a spec without them hashes as before
+            if data[optional] is None:
+                del data[optional]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
