@@ -144,6 +144,7 @@ class Config:
     max_wait_time: int = 0
     tls_enabled: bool = True
     ssl_ca_cert: str | None = None  # PEM text, decoded from base64
+    node_auth: bool = True  # SuperNode authentication (needs TLS): keys, registration
     toolkit_install: str = "AUTO"  # AUTO | NEVER
     data_dir: str = DEFAULT_DATA_DIR
 
@@ -257,6 +258,7 @@ def build_config(
         "max_wait_time": r.integer("FL_MAX_WAIT_TIME"),
         "tls_enabled": r.yes_no("FL_TLS_ENABLED", True),
         "ssl_ca_cert": _ca_cert(r),
+        "node_auth": r.yes_no("FL_NODE_AUTH", True),
         "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
         "data_dir": _data_dir(r),
     }
