@@ -6,7 +6,8 @@ the CLI reads its connection) come from agent/flower.py's table.
 
     python scripts/flower_local.py venv VERSION            # .venv-flwr-VERSION: flwr + CPU torch
     python scripts/flower_local.py superlink VERSION HOME  # run a SuperLink (foreground)
-    python scripts/flower_local.py run VERSION HOME        # `flwr run` the reference app, streamed
+    python scripts/flower_local.py run VERSION HOME [--ca CA.pem] [FLWR-RUN-ARGS...]
+                                                           # `flwr run` the reference app, streamed
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "examples" / "app"
 TORCH_VERSION = "2.13.0"
-CONNECTION = "local-deployment"
 
 sys.path.insert(0, str(REPO))
 from agent import flower  # noqa: E402
+
+CONNECTION = flower.CLI_CONNECTION
 
 
 def release(version: str) -> flower.FlowerRelease:
@@ -99,28 +101,24 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-def prepare_app(version: str, dest: Path, flwr_home: Path) -> Path:
-    """A copy of the reference app wired to the local SuperLink's Control API.
+def prepare_app(version: str, dest: Path, flwr_home: Path, ca: Path | None = None) -> Path:
+    """A copy of the reference app wired to the local SuperLink's Control API (over TLS,
+    trusting `ca`, when given), through the same connection text the agent writes
+    (agent/flower.py cli_connection).
 
     Flower <= 1.25 reads [tool.flwr.federations] from the app; later releases read
     $FLWR_HOME/config.toml and rewrite such a section in place, hence the copy.
     """
-    rel = release(version)
-    address = f"127.0.0.1:{rel.control_port}"
+    address = f"127.0.0.1:{release(version).control_port}"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(APP, dest, ignore=shutil.ignore_patterns(".flwr", "__pycache__"))
     flwr_home.mkdir(parents=True, exist_ok=True)
-    if rel.cli_config_toml:
-        (flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
-        )
+    filename, text = flower.cli_connection(version, address, str(ca) if ca else None)
+    if filename == "config.toml":
+        (flwr_home / filename).write_text(text)
     else:
         with (dest / "pyproject.toml").open("a") as out:
-            out.write(
-                f'\n[tool.flwr.federations]\ndefault = "{CONNECTION}"\n\n'
-                f'[tool.flwr.federations.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
-            )
+            out.write("\n" + text[text.index("[tool.flwr.federations]") :])
     return dest
 
 
@@ -144,8 +142,11 @@ def _main(argv: list[str]) -> int:
     if action == "superlink":
         home.mkdir(parents=True, exist_ok=True)
         os.execve(superlink_command(version)[0], superlink_command(version), env)
-    app = prepare_app(version, home / "app", home)
-    return subprocess.run(run_command(version, argv[3:]), cwd=app, env=env).returncode
+    extra, ca = argv[3:], None
+    if extra[:1] == ["--ca"] and len(extra) > 1:
+        extra, ca = extra[2:], Path(extra[1])
+    app = prepare_app(version, home / "app", home, ca)
+    return subprocess.run(run_command(version, extra), cwd=app, env=env).returncode
 
 
 if __name__ == "__main__":
