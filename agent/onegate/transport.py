@@ -14,19 +14,34 @@ the server has said no for good.
 - Redirects are never followed, so the token never goes to another host.
 - Every server answer is text until checked: a body that is not the JSON object expected is a
   named error, not a traceback.
+- A body is read in chunks, never whole: over MAX_BODY_BYTES it is `onegate_answer_too_large`,
+  and one still arriving at the call's deadline (a server dripping bytes, each inside the
+  per-read timeout) is `onegate_too_slow`: a watchdog timer shuts the response's socket down at
+  the deadline (urllib3's HTTPResponse.shutdown), which ends a read blocked in it. Either is
+  an answer not had: kept for a later run like no answer at all. Only identity-encoded bodies
+  are asked for, so the bound is on what the server sends, not on what it inflates to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent import __version__, log
 from agent.errors import AgentError, Problem
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""The largest OneGate answer read. The biggest is GET /service: each VM of the service in it
+with its USER_TEMPLATE (a few KB with the attributes fl-agent publishes, the SuperLink's CA
+among them), so a 1,000-VM service answers a few MB; 16 MiB leaves room for more and bounds
+what a broken or hostile server costs."""
+_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,25 @@ def malformed(path: str, endpoint: str, body: str, what: str) -> OneGateError:
     return OneGateError(problem, 200, body[:200])
 
 
+def unread(path: str, endpoint: str, what: str) -> OneGateError:
+    """An answer given up while reading it: `what` is "too_large" or "too_slow"."""
+    if what == "too_large":
+        problem = Problem(
+            "onegate_answer_too_large",
+            f"OneGate {endpoint}{path}",
+            f"the answer is over {MAX_BODY_BYTES} bytes: not read further",
+            "check that ONEGATE_ENDPOINT is the OneGate server",
+        )
+    else:
+        problem = Problem(
+            "onegate_too_slow",
+            f"OneGate {endpoint}{path}",
+            "the answer was still arriving at the call's deadline",
+            "check the network to ONEGATE_ENDPOINT and the OneGate server's load",
+        )
+    return OneGateError(problem)
+
+
 def route(method: str, path: str) -> str:
     """'GET /vms/:id' for 'GET /vms/12': the unit a 403 ends."""
     return method + " " + re.sub(r"/\d+", "/:id", path.split("?")[0])
@@ -171,6 +205,7 @@ class Transport:
                 "X-ONEGATE-VMID": vmid,
                 "User-Agent": f"fl-agent/{__version__}",
                 "Accept": "application/json",
+                "Accept-Encoding": "identity",
             }
         )
 
@@ -212,12 +247,17 @@ class Transport:
             )
             try:
                 resp = self.session.request(
-                    method, self.endpoint + path, data=data, timeout=timeout, allow_redirects=False
+                    method,
+                    self.endpoint + path,
+                    data=data,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
                 )
+                body = self._body(resp, deadline, path)
             except failures as exc:
                 error = OneGateError(problem_for(None, type(exc).__name__, path, self.endpoint))
             else:
-                body = resp.text.strip()
                 if resp.status_code < 300 or (harmless and harmless(resp.status_code, body)):
                     self.backoff.failures, self.backoff.not_before = 0, 0.0
                     return body
@@ -232,6 +272,44 @@ class Transport:
             log.get("onegate").debug(
                 "onegate_retry", path=path, failures=self.backoff.failures, delay_s=round(delay, 3)
             )
+
+    def _body(self, resp, deadline: float, path: str) -> str:
+        """The answer's body as text, read in chunks up to MAX_BODY_BYTES and only until
+        `deadline` (module docstring); a read the network cuts short raises ConnectionError,
+        as requests would. A body read whole leaves the connection for the next request."""
+        from urllib3.exceptions import HTTPError
+
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                resp.raw.shutdown()  # ends a read blocked in the socket
+
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        watchdog.daemon = True
+        watchdog.start()
+        chunks: list[bytes] = []
+        size, whole = 0, False
+        try:
+            for chunk in resp.raw.stream(_CHUNK_BYTES, decode_content=False):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise unread(path, self.endpoint, "too_large")
+                chunks.append(chunk)
+            whole = not expired.is_set()
+        except HTTPError as exc:
+            if not expired.is_set():
+                raise self.requests.ConnectionError(type(exc).__name__) from None
+        finally:
+            watchdog.cancel()
+            if whole:
+                resp.raw.release_conn()
+            else:
+                resp.close()
+        if not whole:
+            raise unread(path, self.endpoint, "too_slow")
+        return b"".join(chunks).decode("utf-8", errors="replace").strip()
 
     def _stop(self, method: str, path: str, error: OneGateError) -> None:
         """A 401, a redirect or `Host not permitted` ends every request of this run; another
