@@ -638,6 +638,13 @@ DRIP_BYTES = 400
 
 def drip(framing: str):
     def answer(handler, server: Answering) -> None:
+        if framing == "headers":  # a header line that never ends
+            server.write(handler, b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            for _ in range(DRIP_BYTES):
+                if server.stop.wait(0.05):
+                    return
+                server.write(handler, b"a")
+            return
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         if framing == "length":
@@ -655,15 +662,16 @@ def drip(framing: str):
     return answer
 
 
-@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("framing", ["headers", "length", "chunked", "close"])
 def test_a_dripping_answer_ends_at_the_deadline(root, framing):
     """Every byte comes inside the read timeout; the call's deadline still ends the read."""
     with Answering(drip(framing)) as server:
         reporter = server.reporter(root, timeout=1.0)
         with pytest.raises(AgentError) as info:
             reporter.get_vm()
+        # headers cut at the deadline end there for http.client: the body is what is missing
         assert info.value.first.name == "onegate_too_slow"
-        assert 0 < server.sent < DRIP_BYTES // 2  # cut off, not read to the end
+        assert 0 < server.sent < DRIP_BYTES // 2 + 20  # cut off, not read to the end
         assert reporter.send(*state_report("BOOTING")) is False  # kept for a later run
     assert reporter.pending()
 

@@ -14,12 +14,15 @@ the server has said no for good.
 - Redirects are never followed, so the token never goes to another host.
 - Every server answer is text until checked: a body that is not the JSON object expected is a
   named error, not a traceback.
-- A body is read in chunks, never whole: over MAX_BODY_BYTES it is `onegate_answer_too_large`,
-  and one still arriving at the call's deadline (a server dripping bytes, each inside the
-  per-read timeout) is `onegate_too_slow`: a watchdog timer shuts the response's socket down at
-  the deadline (urllib3's HTTPResponse.shutdown), which ends a read blocked in it. Either is
-  an answer not had: kept for a later run like no answer at all. Only identity-encoded bodies
-  are asked for, so the bound is on what the server sends, not on what it inflates to.
+- A body is read in chunks, never whole: over MAX_BODY_BYTES it is `onegate_answer_too_large`.
+  An answer still arriving at the call's deadline, from a server dripping bytes each inside
+  the per-read timeout, is `onegate_too_slow` once its status line has come; before that it is
+  no answer (out of time, `onegate_unreachable`, as when nothing comes). requests' per-read
+  timeouts cannot bound a whole answer, so the sockets of the call's requests are recorded as
+  they are used (`_Watch`, through the connection class of the session's pools) and a timer
+  shuts them down at the deadline, which ends a read blocked in one. Either error is an answer
+  not had: kept for a later run like no answer at all. Only identity-encoded bodies are asked
+  for, so the bound is on what the server sends, not on what it inflates to.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import contextlib
 import json
 import random
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent import __version__, log
@@ -68,6 +72,71 @@ class _Stops:
     """What this run no longer asks: '*' (everything) or a route such as 'PUT /vm'."""
 
     routes: dict[str, OneGateError]
+
+
+class _Watch:
+    """The sockets one call's requests used, shut down once its deadline passes."""
+
+    def __init__(self) -> None:
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def add(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            late = self.expired.is_set()
+        if late:
+            _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # a read blocked in it returns at once
+
+
+_WATCHING = threading.local()
+"""The _Watch of the call running in this thread, for the connections its requests use."""
+
+
+def _watched(connection_cls: type) -> type:
+    """`connection_cls` that hands its socket to the running call's _Watch on every request
+    (a new connection has one only once the request is sent; a reused one, the same)."""
+
+    class Watched(connection_cls):
+        def request(self, *args, **kwargs):
+            super().request(*args, **kwargs)
+            watch = getattr(_WATCHING, "watch", None)
+            if watch is not None:
+                watch.add(self.sock)
+
+    return Watched
+
+
+def _session(requests):
+    """A requests Session whose pools' connections report to the running call's _Watch."""
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    pools = {}
+    for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool)):
+        pools[scheme] = type(
+            pool.__name__, (pool,), {"ConnectionCls": _watched(pool.ConnectionCls)}
+        )
+    adapter = requests.adapters.HTTPAdapter()
+    adapter.poolmanager.pool_classes_by_scheme = pools
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 _BACKOFF: dict[tuple[str, str], _Backoff] = {}
@@ -197,7 +266,7 @@ class Transport:
         self.sleep = sleep
         self.backoff = _BACKOFF.setdefault((endpoint, vmid), _Backoff())
         self.stops = _STOPPED.setdefault((endpoint, vmid), _Stops({}))
-        self.session = requests.Session()
+        self.session = _session(requests)
         self.session.trust_env = False  # no proxy or .netrc from the environment
         self.session.headers.update(
             {
@@ -246,17 +315,19 @@ class Transport:
                 min(self.policy.read_timeout_s, remaining),
             )
             try:
-                resp = self.session.request(
-                    method,
-                    self.endpoint + path,
-                    data=data,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
-                )
-                body = self._body(resp, deadline, path)
-            except failures as exc:
-                error = OneGateError(problem_for(None, type(exc).__name__, path, self.endpoint))
+                with self._watch(deadline) as watch:
+                    resp = self.session.request(
+                        method,
+                        self.endpoint + path,
+                        data=data,
+                        timeout=timeout,
+                        allow_redirects=False,
+                        stream=True,
+                    )
+                    body = self._body(resp, watch, path)
+            except failures as exc:  # before the body: no answer
+                reason = "out of time" if watch.expired.is_set() else type(exc).__name__
+                error = OneGateError(problem_for(None, reason, path, self.endpoint))
             else:
                 if resp.status_code < 300 or (harmless and harmless(resp.status_code, body)):
                     self.backoff.failures, self.backoff.not_before = 0, 0.0
@@ -273,22 +344,26 @@ class Transport:
                 "onegate_retry", path=path, failures=self.backoff.failures, delay_s=round(delay, 3)
             )
 
-    def _body(self, resp, deadline: float, path: str) -> str:
-        """The answer's body as text, read in chunks up to MAX_BODY_BYTES and only until
-        `deadline` (module docstring); a read the network cuts short raises ConnectionError,
-        as requests would. A body read whole leaves the connection for the next request."""
+    @contextlib.contextmanager
+    def _watch(self, deadline: float) -> Iterator[_Watch]:
+        """This call's requests, their sockets shut down at `deadline` (module docstring)."""
+        watch = _Watch()
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), watch.expire)
+        timer.daemon = True
+        _WATCHING.watch = watch
+        timer.start()
+        try:
+            yield watch
+        finally:
+            timer.cancel()
+            _WATCHING.watch = None
+
+    def _body(self, resp, watch: _Watch, path: str) -> str:
+        """The answer's body as text, read in chunks up to MAX_BODY_BYTES and until the
+        deadline; a read the network cuts short raises ConnectionError, as requests would. A
+        body read whole leaves the connection for the next request."""
         from urllib3.exceptions import HTTPError
 
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            with contextlib.suppress(OSError, RuntimeError, ValueError):
-                resp.raw.shutdown()  # ends a read blocked in the socket
-
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-        watchdog.daemon = True
-        watchdog.start()
         chunks: list[bytes] = []
         size, whole = 0, False
         try:
@@ -297,12 +372,11 @@ class Transport:
                 if size > MAX_BODY_BYTES:
                     raise unread(path, self.endpoint, "too_large")
                 chunks.append(chunk)
-            whole = not expired.is_set()
+            whole = not watch.expired.is_set()  # an end of a body shut down is no end
         except HTTPError as exc:
-            if not expired.is_set():
+            if not watch.expired.is_set():
                 raise self.requests.ConnectionError(type(exc).__name__) from None
         finally:
-            watchdog.cancel()
             if whole:
                 resp.raw.release_conn()
             else:
