@@ -272,6 +272,13 @@ class OnedEmulator:
         with self._lock:
             return list(self.state.calls)
 
+    def add_template(self, text: str) -> int:
+        """Register a VM template as one.template.allocate would; its ID."""
+        with self._lock:
+            ok, tid, _ = self._template_allocate("one.template.allocate", text)
+        assert ok, tid
+        return tid
+
     def fail(self, method: str, code: int = AUTHORIZATION, message: str = "") -> None:
         """Make `method` answer [False, message, code] (default: a user without the right)."""
         text = message or "User [0] : Not authorized to perform this operation."
@@ -369,14 +376,14 @@ class OnedEmulator:
     def _template_info(self, method: str, tid: int, *flags: Any) -> list[Any]:
         if tid not in self.state.templates:
             return [False, f"[{method}] Error getting template [{tid}].", NO_EXISTS]
-        name, _ = self.state.templates[tid]
+        name, body = self.state.templates[tid]
         xml = (
             f"<VMTEMPLATE><ID>{tid}</ID><UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME>"
             f"<GNAME>oneadmin</GNAME><NAME>{html.escape(name)}</NAME><LOCK/>"
             "<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A>"
             "<GROUP_U>0</GROUP_U><GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A><OTHER_U>0</OTHER_U>"
             "<OTHER_M>0</OTHER_M><OTHER_A>0</OTHER_A></PERMISSIONS><REGTIME>0</REGTIME>"
-            f"<TEMPLATE><NAME><![CDATA[{name}]]></NAME></TEMPLATE></VMTEMPLATE>"
+            f"<TEMPLATE>{_template_xml(parse_template(body))}</TEMPLATE></VMTEMPLATE>"
         )
         return [True, xml, SUCCESS]
 
@@ -396,6 +403,23 @@ class OnedEmulator:
 
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/RPC2",)
+
+
+def _template_xml(attrs: list[tuple[str, str | dict[str, str]]]) -> str:
+    """Template::to_xml: an element per attribute, values in CDATA, a vector's inside it."""
+
+    def cdata(value: str) -> str:
+        return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+    def element(name: str, value: str | dict[str, str]) -> str:
+        inner = (
+            cdata(value)
+            if isinstance(value, str)
+            else "".join(element(k, v) for k, v in value.items())
+        )
+        return f"<{name}>{inner}</{name}>"
+
+    return "".join(element(name, value) for name, value in attrs)
 
 
 def _elements(fields: dict[str, str | None]) -> str:

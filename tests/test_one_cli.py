@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent.cli import main
-from agent.one.inputs import SUPERNODE_INPUTS
+from agent.one.inputs import INPUTS
 from agent.one.syntax import parse
 from emulators import oned as oned_codes
 from emulators import oneflow
@@ -126,12 +126,12 @@ def test_template_by_address_has_every_passthrough_attribute(oned, capsys):
     context = t["CONTEXT"][0]
     assert (context["TOKEN"], context["NETWORK"], context["REPORT_READY"]) == ("YES",) * 3
     inputs = t["USER_INPUTS"][0]
-    for i in SUPERNODE_INPUTS:
+    for i in INPUTS:
         assert context[i.name] == f"${i.name}"
         assert inputs[i.name] == i.spec()
         assert len(inputs[i.name].split("|")) == 5
-    assert set(inputs) == {i.name for i in SUPERNODE_INPUTS}
-    assert t["INPUTS_ORDER"] == [",".join(i.name for i in SUPERNODE_INPUTS)]
+    assert set(inputs) == {i.name for i in INPUTS}
+    assert t["INPUTS_ORDER"] == [",".join(i.name for i in INPUTS)]
     assert "gpu-node-01" in err
     assert methods(oned) == [
         "one.hostpool.info", "one.system.version", "one.imagepool.info", "one.vnpool.info"
@@ -256,54 +256,120 @@ def test_template_model_with_none_free_warns_but_renders(monkeypatch, tmp_path, 
 
 
 def test_service_template_json(capsys):
-    code, out, _ = run(capsys, "service", "--superlink-template", "3", "--supernode-template", "4",
-                       "--supernodes", "3:8")  # fmt: skip
+    code, out, _ = run(capsys, "service", "--template", "5", "--supernodes", "3:8")
     body = json.loads(out)
     assert code == 0
     assert body["ready_status_gate"] is True and body["deployment"] == "straight"
     link, node = body["roles"]
-    assert link == {"name": "superlink", "vm_template": 3, "cardinality": 1,
-                    "min_vms": 1, "max_vms": 1}  # fmt: skip
-    assert (node["name"], node["vm_template"]) == ("supernode", 4)
+    assert (link["name"], link["vm_template"], link["cardinality"]) == ("superlink", 5, 1)
+    assert (link["min_vms"], link["max_vms"]) == (1, 1)
+    assert (node["name"], node["vm_template"]) == ("supernode", 5)
     assert node["parents"] == ["superlink"]
     assert (node["cardinality"], node["min_vms"], node["max_vms"]) == (3, 3, 8)
-    asked = {**body["custom_attrs"], **node["custom_attrs"]}
-    assert asked == {i.name: i.spec() for i in SUPERNODE_INPUTS}
-    assert set(body["custom_attrs"]) == {"FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL"}
+    assert link["vm_template_contents"].startswith('FL_ROLE = "superlink"\n')
+    assert node["vm_template_contents"].startswith('FL_ROLE = "supernode"\n')
+    shared = {"FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL", "FL_NODE_AUTH"}
+    assert set(body["custom_attrs"]) == shared
+    assert set(link["custom_attrs"]) == {"FL_SSL_CA_CERT", "FL_SSL_CERT", "FL_SSL_KEY"}
+    asked = {**body["custom_attrs"], **node["custom_attrs"], **link["custom_attrs"]}
+    assert asked == {i.name: i.spec() for i in INPUTS if i.name != "FL_ROLE"}
     for version in ("6.10.0", "7.0.0", "7.0.1"):  # the shape both OneFlow releases accept
         assert oneflow.validate(body, version) == [], version
     converted = oneflow.convert(body)["roles"][1]  # what 7.0 makes of it
-    assert (converted["type"], converted["template_id"]) == ("vm", 4)
+    assert (converted["type"], converted["template_id"]) == ("vm", 5)
     assert converted["user_inputs"] == node["custom_attrs"]
 
 
+def test_service_keeps_a_template_per_role(capsys):
+    code, out, _ = run(capsys, "service", "--superlink-template", "3", "--supernode-template", "4")
+    assert code == 0
+    assert [r["vm_template"] for r in json.loads(out)["roles"]] == [3, 4]
+    _, out, _ = run(capsys, "service", "--template", "5", "--superlink-template", "3")
+    assert [r["vm_template"] for r in json.loads(out)["roles"]] == [3, 5]
+
+
+@pytest.mark.parametrize("argv", [(), ("--superlink-template", "3"), ("--supernode-template", "4")])
+def test_service_without_a_template_for_each_role_exits_2(capsys, argv):
+    code, out, err = run(capsys, "service", *argv)
+    assert code == 2 and out == ""
+    assert "--template:" in err and "no VM template for the" in err
+
+
 def test_service_default_range_is_the_peers(capsys):
-    _, out, _ = run(capsys, "service", "--superlink-template", "3", "--supernode-template", "4")
+    _, out, _ = run(capsys, "service", "--template", "5")
     node = json.loads(out)["roles"][1]
     assert (node["cardinality"], node["min_vms"], node["max_vms"]) == (2, 2, 10)
 
 
 @pytest.mark.parametrize("spec", ["5:2", "0:0", "two", "2:", "-1:3"])
 def test_service_bad_range_exits_2(capsys, spec):
-    code, out, err = run(capsys, "service", "--superlink-template", "3",
-                         "--supernode-template", "4", f"--supernodes={spec}")  # fmt: skip
+    code, out, err = run(capsys, "service", "--template", "5", f"--supernodes={spec}")
     assert code == 2 and out == "" and "--supernodes" in err
 
 
-def test_service_register_creates_a_oneflow_document(oned, capsys):
-    code, out, _ = run(capsys, "service", "--superlink-template", "3", "--supernode-template", "4",
-                       "--register", "--json")  # fmt: skip
-    assert code == 0
-    result = json.loads(out)
-    assert methods(oned) == ["one.template.info", "one.template.info", "one.document.allocate"]
-    assert [c.args[0] for c in oned.calls[:2]] == [3, 4]
-    doc_type, xml = oned.state.documents[result["id"]]
+def stored(oned: OnedEmulator, doc_id: int) -> dict:
+    doc_type, xml = oned.state.documents[doc_id]
     assert doc_type == 101
     root = ET.fromstring(xml)
     assert root.tag == "TEMPLATE" and root.findtext("NAME") == "flower-federation"
-    stored = json.loads(root.findtext("BODY"))
-    assert isinstance(stored.pop("registration_time"), int)
-    assert stored == result["template"]
+    body = json.loads(root.findtext("BODY"))
+    assert isinstance(body.pop("registration_time"), int)
+    return body
+
+
+def appliance_template(oned: OnedEmulator, capsys) -> int:
+    """The appliance template as `one template --register` leaves it in oned."""
+    code, out, _ = run(capsys, "template", "--gpu-model", "10de:2335", "--register")
+    assert code == 0
+    return int(out.removeprefix("ID: "))
+
+
+@pytest.mark.parametrize(("version", "series"), [("6.10.0", "6.10"), ("7.0.1", "7.0")])
+def test_service_register_stores_the_front_ends_own_shape(monkeypatch, tmp_path, capsys,
+                                                          version, series):  # fmt: skip
+    oned = start(monkeypatch, tmp_path, hosts=(Host(0, "gpu-1", (h200("41:00.0"),)),),
+                 version=version)  # fmt: skip
+    try:
+        tid = appliance_template(oned, capsys)
+        before = len(oned.calls)
+        code, out, err = run(capsys, "service", "--template", str(tid), "--register", "--json")
+        assert code == 0 and err == ""
+        assert methods(oned)[before:] == ["one.system.version", "one.template.info",
+                                          "one.document.allocate"]  # fmt: skip
+        result = json.loads(out)
+        body = stored(oned, result["id"])
+        assert body == result["template"]
+        assert oneflow.validate(body, version) == []
+        key = "template_id" if series == "7.0" else "vm_template"
+        assert [r[key] for r in body["roles"]] == [tid, tid]
+        if series == "7.0":
+            assert oneflow.validate(body, "6.10.0")  # 6.10 could not read it
+            assert [r["template_contents"] for r in body["roles"]] == [
+                {"FL_ROLE": "superlink"}, {"FL_ROLE": "supernode"}]  # fmt: skip
+            assert set(body["user_inputs"]) == {"FLOWER_VERSION", "FL_TLS_ENABLED",
+                                                "FL_LOG_LEVEL", "FL_NODE_AUTH"}  # fmt: skip
+    finally:
+        oned.stop()
+
+
+def test_service_register_one_template_that_drops_the_role_exits_2(oned, capsys):
+    code, out, err = run(capsys, "service", "--template", "3", "--register")
+    assert code == 2 and out == ""
+    assert '--template: VM template 3 has no CONTEXT FL_ROLE = "$FL_ROLE"' in err
+    assert "would boot as SuperNodes" in err
+    assert "one.document.allocate" not in methods(oned)
+
+
+def test_service_register_two_templates_warns_for_a_superlink_one_without_the_role(oned, capsys):
+    code, out, err = run(capsys, "service", "--superlink-template", "3",
+                         "--supernode-template", "4", "--register", "--json")  # fmt: skip
+    assert code == 0
+    assert methods(oned) == ["one.system.version", "one.template.info", "one.template.info",
+                             "one.document.allocate"]  # fmt: skip
+    assert [c.args[0] for c in oned.calls[1:3]] == [3, 4]
+    assert err.count("warning:") == 1 and "VM template 3 has no CONTEXT FL_ROLE" in err
+    result = json.loads(out)
+    assert stored(oned, result["id"]) == result["template"]
 
 
 def test_service_register_with_unknown_template_exits_2(oned, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -575,6 +576,131 @@ def test_redirects_are_not_followed_and_carry_no_token(root, tmp_path):
             server.shutdown()
             server.server_close()
     assert len(seen) == 1 and seen[0]["X-ONEGATE-TOKEN"] == TOKEN  # the redirector only
+
+
+class Answering:
+    """A local HTTP server whose every answer is `answer(handler, stop)`, in threads; stopped,
+    closed and its handlers released on exit. `sent` counts the body bytes it got out."""
+
+    def __init__(self, answer) -> None:
+        import http.server
+        import threading
+
+        self.stop = threading.Event()
+        self.sent = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                with contextlib.suppress(OSError):  # the client hung up: what these tests want
+                    answer(self, outer)
+
+            do_PUT = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+
+    def write(self, handler, data: bytes) -> None:
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        self.sent += len(data)
+
+    def __enter__(self) -> Answering:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def reporter(self, root: Root, timeout: float) -> Reporter:
+        return Reporter(
+            endpoint=f"http://127.0.0.1:{self.server.server_port}",
+            vmid="7",
+            token=Secret(TOKEN),
+            queue_dir=queue_dir(root),
+            total_timeout_s=timeout,
+            policy=FAST,
+        )
+
+
+DRIP_BYTES = 400
+"""At one byte per 50 ms a 20 s body: each byte well inside the 0.5 s read timeout."""
+
+
+def drip(framing: str):
+    def answer(handler, server: Answering) -> None:
+        if framing == "headers":  # a header line that never ends
+            server.write(handler, b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            for _ in range(DRIP_BYTES):
+                if server.stop.wait(0.05):
+                    return
+                server.write(handler, b"a")
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if framing == "length":
+            handler.send_header("Content-Length", str(DRIP_BYTES))
+        elif framing == "chunked":
+            handler.send_header("Transfer-Encoding", "chunked")
+        else:
+            handler.send_header("Connection", "close")
+        handler.end_headers()
+        for _ in range(DRIP_BYTES):
+            if server.stop.wait(0.05):
+                return
+            server.write(handler, b"1\r\n \r\n" if framing == "chunked" else b" ")
+
+    return answer
+
+
+@pytest.mark.parametrize("framing", ["headers", "length", "chunked", "close"])
+def test_a_dripping_answer_ends_at_the_deadline(root, framing):
+    """Every byte comes inside the read timeout; the call's deadline still ends the read."""
+    with Answering(drip(framing)) as server:
+        reporter = server.reporter(root, timeout=1.0)
+        with pytest.raises(AgentError) as info:
+            reporter.get_vm()
+        # headers cut at the deadline end there for http.client: the body is what is missing
+        assert info.value.first.name == "onegate_too_slow"
+        assert 0 < server.sent < DRIP_BYTES // 2 + 20  # cut off, not read to the end
+        assert reporter.send(*state_report("BOOTING")) is False  # kept for a later run
+    assert reporter.pending()
+
+
+def test_an_answer_over_the_bound_is_not_read_further(root):
+    from agent.onegate.transport import MAX_BODY_BYTES
+
+    total = 4 * MAX_BODY_BYTES
+
+    def huge(handler, server: Answering) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(total))
+        handler.end_headers()
+        block = b"x" * (1024 * 1024)
+        while server.sent < total and not server.stop.is_set():
+            server.write(handler, block)
+
+    with Answering(huge) as server:
+        reporter = server.reporter(root, timeout=5.0)
+        with pytest.raises(AgentError) as info:
+            reporter.get_vm()
+        assert info.value.first.name == "onegate_answer_too_large"
+        assert str(MAX_BODY_BYTES) in info.value.first.message
+        assert server.sent < total
+
+
+def test_a_compressed_answer_is_not_asked_for(emulator, root):
+    reporter_for(emulator, root).get_vm()
+    assert {r.headers.get("Accept-Encoding") for r in emulator.requests} == {"identity"}
 
 
 @pytest.mark.parametrize("content", ["null", "[]", "{garbage", '{"updates": {"A": 1}}', "\xff"])

@@ -61,8 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("service", help="the OneFlow service template: SuperLink + SuperNodes")
     _connection_flags(p)
     p.add_argument("--supernodes", default="2:10", metavar="MIN:MAX", help="default 2:10")
-    p.add_argument("--superlink-template", type=int, required=True, metavar="ID")
-    p.add_argument("--supernode-template", type=int, required=True, metavar="ID")
+    p.add_argument(
+        "--template", type=int, metavar="ID", help="the appliance VM template, for both roles"
+    )
+    p.add_argument(
+        "--superlink-template", type=int, metavar="ID", help="the superlink role's, if another"
+    )
+    p.add_argument(
+        "--supernode-template", type=int, metavar="ID", help="the supernode role's, if another"
+    )
     p.add_argument("--name", default="flower-federation")
     p.add_argument("--register", action="store_true", help="create it (a OneFlow document)")
     p.add_argument("--json", action="store_true", help="with --register: the result as JSON")
@@ -190,17 +197,16 @@ def cmd_service(args: argparse.Namespace) -> int:
     from agent.one import service
 
     try:
-        body = service.build(
-            args.superlink_template,
-            args.supernode_template,
-            service.parse_range(args.supernodes),
-            args.name,
-        )
+        templates = _role_templates(args)
+        supernodes = service.parse_range(args.supernodes)
         if not args.register:
+            body = service.build(*templates, supernodes, args.name)
             _write(json.dumps(body, indent=2) + "\n")
             return ExitCode.OK
         client = _client(args)
-        _check_templates(client, args)
+        body = service.build(*templates, supernodes, args.name, _flow_series(client))
+        for warning in _check_templates(client, templates):
+            sys.stderr.write(f"warning: {warning}\n")
         doc_id = client.call(
             "document.allocate", service.document_xml(body), service.SERVICE_TEMPLATE_DOCUMENT
         )
@@ -212,6 +218,33 @@ def cmd_service(args: argparse.Namespace) -> int:
         else f"ID: {doc_id}\n"
     )
     return ExitCode.OK
+
+
+def _role_templates(args: argparse.Namespace) -> tuple[int, int]:
+    """(superlink, supernode) VM template IDs: --template for both unless a role has its own."""
+    from agent.one.connection import invalid_input
+
+    link = args.superlink_template if args.superlink_template is not None else args.template
+    node = args.supernode_template if args.supernode_template is not None else args.template
+    if link is None or node is None:
+        raise invalid_input(
+            "--template",
+            "no VM template for the " + ("superlink" if link is None else "supernode") + " role",
+            "give --template ID (the appliance's, both roles) or a role's own --*-template ID",
+        )
+    return link, node
+
+
+def _flow_series(client: OneClient) -> str:
+    """The OneFlow shape the front-end stores: "7.0" from OpenNebula 7, else "6.10"."""
+    from agent.one import versions
+    from agent.one.connection import invalid_input
+
+    answer = client.call("system.version")
+    version = versions.parse_version(str(answer))
+    if version is None:
+        raise invalid_input("one.system.version", f"{answer!r} is not an OpenNebula version")
+    return "7.0" if version >= (7, 0, 0) else "6.10"
 
 
 def _firmware(client: OneClient, pool: object, hosts: tuple[str, ...], ovmf: str | None):
@@ -240,20 +273,43 @@ def _firmware(client: OneClient, pool: object, hosts: tuple[str, ...], ovmf: str
     return versions.firmware_for(version, uefis, source)
 
 
-def _check_templates(client: OneClient, args: argparse.Namespace) -> None:
-    """Both roles' VM templates exist: OneFlow would only find out at instantiation."""
+def _check_templates(client: OneClient, templates: tuple[int, int]) -> list[str]:
+    """Both roles' VM templates exist (OneFlow would only find out at instantiation) and pass
+    the role on to the agent: CONTEXT ``FL_ROLE = "$FL_ROLE"`` (agent/one/service.py). One
+    template for both roles without it would make every VM a SuperNode: refused. A separate
+    superlink template without it may be another SuperLink appliance: a warning."""
     from agent.one.connection import OneInputError, invalid_input
 
-    for flag, template_id in (
-        ("--superlink-template", args.superlink_template),
-        ("--supernode-template", args.supernode_template),
-    ):
+    link, node = templates
+    warnings: list[str] = []
+    for template_id in dict.fromkeys(templates):
+        flag = "--superlink-template" if template_id == link else "--supernode-template"
+        flag = "--template" if link == node else flag
         try:
-            client.call("template.info", template_id, False, False)
+            found = client.call("template.info", template_id, False, False)
         except OneInputError:
             raise invalid_input(
                 flag, f"VM template {template_id} does not exist", "see `onetemplate list`"
             ) from None
+        if template_id != link or _passes_role(found):
+            continue
+        missing = f'VM template {template_id} has no CONTEXT FL_ROLE = "$FL_ROLE"'
+        if link == node:
+            raise invalid_input(
+                flag,
+                f"{missing}: the SuperLink's VMs would boot as SuperNodes",
+                "register the appliance template with `fl-agent one template` (it has it), "
+                'or add FL_ROLE = "$FL_ROLE" to its CONTEXT',
+            )
+        warnings.append(f"{missing}: an fl-agent appliance from it boots as a SuperNode")
+    return warnings
+
+
+def _passes_role(template: object) -> bool:
+    """pyone gives a VM template's TEMPLATE as a dict, CONTEXT inside it as one."""
+    body = getattr(template, "TEMPLATE", None)
+    context = body.get("CONTEXT") if isinstance(body, dict) else None
+    return isinstance(context, dict) and str(context.get("FL_ROLE", "")).strip() == "$FL_ROLE"
 
 
 # --- helpers ---

@@ -1,4 +1,4 @@
-"""The SuperNode's FL_* variables as OpenNebula user inputs: one table for VM and service templates.
+"""The appliance's FL_* variables as OpenNebula user inputs: one table for VM and service templates.
 
 A user input is ``M|O`` (mandatory/optional) ``|type|description|options|default`` (OpenNebula
 VM template reference, "User Inputs"; the same strings go into a OneFlow template's
@@ -6,6 +6,11 @@ VM template reference, "User Inputs"; the same strings go into a OneFlow templat
 (the value is base64-encoded by the front-end), ``number`` and ``number-float``.
 An empty default leaves the variable empty, which the agent reads as unset (issue 2, section 4).
 Names, accepted forms and defaults follow agent/config.py.
+
+One appliance image runs either role (FL_ROLE), so its VM template asks every input. A OneFlow
+service asks each input once where it means something: the shared ones at service level, the
+SuperLink's own TLS material at the superlink role, the SuperNode-only ones at the supernode role;
+FL_ROLE itself is set by the role (agent/one/service.py), never asked there.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent import flower
-from agent.config import DEFAULT_DATA_DIR, ISOLATIONS, LOG_LEVELS
+from agent.config import DEFAULT_DATA_DIR, ISOLATIONS, LOG_LEVELS, ROLES
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,10 @@ def _choice(name: str, description: str, options: tuple[str, ...], default: str)
     return UserInput(name, description, "list", options, default)
 
 
-SUPERNODE_INPUTS: tuple[UserInput, ...] = (
+INPUTS: tuple[UserInput, ...] = (
+    _choice(
+        "FL_ROLE", "What this VM runs: a SuperNode or the federation's SuperLink", ROLES, ROLES[0]
+    ),
     _choice(
         "FL_GPU_ENABLED", "Use a GPU (AUTO: when one validates)", ("YES", "NO", "AUTO"), "AUTO"
     ),
@@ -69,17 +77,43 @@ SUPERNODE_INPUTS: tuple[UserInput, ...] = (
         default="0",
     ),
     _choice("FL_TLS_ENABLED", "TLS to the SuperLink", ("YES", "NO"), "YES"),
-    UserInput("FL_SSL_CA_CERT", "SuperLink CA certificate in PEM (empty: from OneGate)", "text64"),
+    UserInput(
+        "FL_SSL_CA_CERT",
+        "CA certificate in PEM: a SuperNode's trust (empty: from OneGate), "
+        "a SuperLink's issuer of FL_SSL_CERT",
+        "text64",
+    ),
+    UserInput(
+        "FL_SSL_CERT",
+        "SuperLink only: server certificate in PEM, issued by FL_SSL_CA_CERT (empty: generated)",
+        "text64",
+    ),
+    UserInput("FL_SSL_KEY", "SuperLink only: the key of FL_SSL_CERT in PEM", "text64"),
+    _choice(
+        "FL_NODE_AUTH",
+        "SuperNode authentication (keys of the service's own SuperNodes)",
+        ("YES", "NO"),
+        "YES",
+    ),
     _choice(
         "FL_TOOLKIT_INSTALL", "Install the NVIDIA Container Toolkit", ("AUTO", "NEVER"), "AUTO"
     ),
     UserInput("FL_DATA_DIR", "Data directory mounted into the SuperNode", default=DEFAULT_DATA_DIR),
 )
 
-SHARED_INPUTS = ("FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL")
+SHARED_INPUTS = ("FLOWER_VERSION", "FL_TLS_ENABLED", "FL_LOG_LEVEL", "FL_NODE_AUTH")
 """Inputs that mean the same to the SuperLink and the SuperNodes: asked once per service."""
+
+_SUPERLINK_ONLY = ("FL_SSL_CERT", "FL_SSL_KEY")
+ROLE_INPUTS: dict[str, tuple[str, ...]] = {
+    "superlink": ("FL_SSL_CA_CERT", *_SUPERLINK_ONLY),
+    "supernode": tuple(
+        i.name for i in INPUTS if i.name not in (*SHARED_INPUTS, *_SUPERLINK_ONLY, "FL_ROLE")
+    ),
+}
+"""Inputs asked at each role of a service, besides SHARED_INPUTS."""
 
 
 def by_name(names: tuple[str, ...]) -> dict[str, str]:
     """name -> spec for the inputs named, in table order."""
-    return {i.name: i.spec() for i in SUPERNODE_INPUTS if i.name in names}
+    return {i.name: i.spec() for i in INPUTS if i.name in names}

@@ -3,12 +3,26 @@
 Shape: the one OpenNebula 6.10 and 7.x both accept (agent/one/versions.py): roles with
 ``vm_template``, inputs as ``custom_attrs`` at service and role level, ``ready_status_gate``.
 6.10's OneFlow requires exactly that; 7.0's converts it (``vm_template`` -> ``template_id``,
-``type: vm``, ``custom_attrs`` -> ``user_inputs``) before it validates, whereas 6.10 would reject
-7.0's own shape (no ``vm_template``) only when the service is instantiated.
+``type: vm``, ``custom_attrs`` -> ``user_inputs``, ``vm_template_contents`` ->
+``template_contents``) before it validates, whereas 6.10 would reject 7.0's own shape (no
+``vm_template``) only when the service is instantiated. Registering goes to oned directly, past
+OneFlow's conversion, so a 7.x front-end gets the shape its OneFlow would have stored
+(``build(..., series="7.0")``): its CLI and Sunstone read ``user_inputs`` from the stored body.
 ``deployment: straight`` deploys a role only when its parents run; with ``ready_status_gate``
 "running" means the VM reported ``READY=YES`` through OneGate (docs/onegate.md),
 so the SuperNodes start after the SuperLink is serving, and OneFlow counts a SuperNode only
 when fl-agent reports it ready.
+
+One appliance template, two roles: each role sets the VM attribute ``FL_ROLE`` to its own name,
+and the appliance template's ``CONTEXT`` carries ``FL_ROLE = "$FL_ROLE"`` (agent/one/vmtemplate.py),
+which oned resolves from the VM's attributes. On 6.10 the role's ``vm_template_contents`` text is
+the extra template of ``one.template.instantiate`` (src/flow/lib/models/role.rb, Role#deploy);
+oned's Template::merge replaces whole attributes, so a ``CONTEXT`` there would drop the
+template's own CONTEXT: only a top-level ``FL_ROLE`` is safe. 6.10 also carries an input's value
+into a VM only through a ``$NAME`` in that text (Service#resolve_attributes), hence one
+``NAME = "$NAME"`` line per input the role sees. On 7.0 ``template_contents`` is deep-merged into
+the VM template by OneFlow (Role#init_template_attributes) and each input becomes a VM attribute
+and a CONTEXT entry (Service#generate_template_contents), so ``FL_ROLE`` alone is enough.
 
 Registering: OneFlow keeps service templates in oned as documents of type 101 whose
 ``TEMPLATE/BODY`` holds the JSON (Ruby OCA DocumentJSON#build_template_xml; ServiceTemplate
@@ -26,7 +40,7 @@ import re
 import time
 
 from agent.one.connection import invalid_input
-from agent.one.inputs import SHARED_INPUTS, SUPERNODE_INPUTS, by_name
+from agent.one.inputs import ROLE_INPUTS, SHARED_INPUTS, by_name
 
 SERVICE_TEMPLATE_DOCUMENT = 101
 DEFAULT_NAME = "flower-federation"
@@ -52,37 +66,44 @@ def build(
     supernode_template: int,
     supernodes: tuple[int, int] = DEFAULT_SUPERNODES,
     name: str = DEFAULT_NAME,
+    series: str = "6.10",
 ) -> dict[str, object]:
-    """The service template body, checked as OneFlow's validator would."""
+    """The service template body in `series`' shape ("6.10" or "7.0"), checked as OneFlow's
+    validator would. The two template IDs may be the same appliance template."""
     low, high = supernodes
-    own_inputs = tuple(i.name for i in SUPERNODE_INPUTS if i.name not in SHARED_INPUTS)
+    seven = series == "7.0"
+    inputs_key = "user_inputs" if seven else "custom_attrs"
+    roles = [
+        _role("superlink", superlink_template, (1, 1, 1), seven),
+        {
+            **_role("supernode", supernode_template, (low, low, high), seven),
+            "parents": ["superlink"],
+        },
+    ]
     body: dict[str, object] = {
         "name": name,
         "description": "Flower federated learning: a SuperLink, then GPU SuperNodes (fl-agent)",
         "deployment": "straight",
         "ready_status_gate": True,
-        "roles": [
-            {
-                "name": "superlink",
-                "vm_template": superlink_template,
-                "cardinality": 1,
-                "min_vms": 1,
-                "max_vms": 1,
-            },
-            {
-                "name": "supernode",
-                "vm_template": supernode_template,
-                "parents": ["superlink"],
-                "cardinality": low,
-                "min_vms": low,
-                "max_vms": high,
-                "custom_attrs": by_name(own_inputs),
-            },
-        ],
-        "custom_attrs": by_name(SHARED_INPUTS),
+        "roles": roles,
+        inputs_key: by_name(SHARED_INPUTS),
     }
     check(body)
     return body
+
+
+def _role(role: str, template: int, sizes: tuple[int, int, int], seven: bool) -> dict:
+    """One role: its VMs get ``FL_ROLE`` = the role's name, and its inputs (module docstring)."""
+    cardinality, low, high = sizes
+    common = {"cardinality": cardinality, "min_vms": low, "max_vms": high}
+    asked = by_name(ROLE_INPUTS[role])
+    if seven:
+        contents = {"FL_ROLE": role}
+        return {"name": role, "type": "vm", "template_id": template,
+                "template_contents": contents, **common, "user_inputs": asked}  # fmt: skip
+    lines = [f'FL_ROLE = "{role}"', *(f'{k} = "${k}"' for k in (*SHARED_INPUTS, *asked))]
+    return {"name": role, "vm_template": template, "vm_template_contents": "\n".join(lines),
+            **common, "custom_attrs": asked}  # fmt: skip
 
 
 def check(body: dict) -> None:
@@ -95,8 +116,9 @@ def check(body: dict) -> None:
         where = f"role {role.get('name')!r}"
         if not _ROLE_NAME.match(str(role.get("name"))) or names.count(role["name"]) > 1:
             raise invalid_input(where, "role names are unique words (letters, digits, _)")
-        if not isinstance(role.get("vm_template"), int) or role["vm_template"] < 0:
-            raise invalid_input(where, "vm_template must be a VM template ID (an integer >= 0)")
+        template = role.get("template_id", role.get("vm_template"))
+        if not isinstance(template, int) or template < 0:
+            raise invalid_input(where, "the VM template must be an ID (an integer >= 0)")
         card = role.get("cardinality", 0)
         if not role.get("min_vms", 0) <= card <= role.get("max_vms", card):
             raise invalid_input(where, "need min_vms <= cardinality <= max_vms")

@@ -1,4 +1,5 @@
-"""The GPU SuperNode VM template: choose the GPU against the host pool, render, register.
+"""The appliance's GPU VM template (a SuperNode, or by FL_ROLE the SuperLink): choose the GPU
+against the host pool, render, register.
 
 The PCI request is either by address (``PCI = [ SHORT_ADDRESS = "41:00.0" ]``, matched first by
 address on any host that has it free) or by model (``PCI = [ VENDOR, DEVICE, CLASS ]``, any
@@ -17,7 +18,7 @@ from agent import __version__
 from agent.errors import AgentError, Problem
 from agent.one import syntax
 from agent.one.connection import invalid_input
-from agent.one.inputs import SUPERNODE_INPUTS
+from agent.one.inputs import INPUTS
 from agent.one.inventory import PciDevice, gpu_models, normalize_address
 
 PIN_POLICIES = ("CORE", "THREAD", "SHARED", "NONE")
@@ -207,7 +208,7 @@ def render(
     text = env.get_template("supernode.tmpl.j2").render(
         version=__version__,
         name=req.name,
-        description="Flower SuperNode with NVIDIA GPU passthrough (fl-agent)",
+        description="Flower SuperNode (or SuperLink: FL_ROLE), NVIDIA GPU passthrough (fl-agent)",
         cores=req.cores,
         memory=req.memory_mb,
         pin_policy=req.pin_policy,
@@ -215,7 +216,7 @@ def render(
         pcis=selection.pcis,
         disk=disk,
         nic=nic,
-        inputs=SUPERNODE_INPUTS,
+        inputs=INPUTS,
     )
     try:
         syntax.parse(text)

@@ -14,19 +14,38 @@ the server has said no for good.
 - Redirects are never followed, so the token never goes to another host.
 - Every server answer is text until checked: a body that is not the JSON object expected is a
   named error, not a traceback.
+- A body is read in chunks, never whole: over MAX_BODY_BYTES it is `onegate_answer_too_large`.
+  An answer still arriving at the call's deadline, from a server dripping bytes each inside
+  the per-read timeout, is `onegate_too_slow` once its status line has come; before that it is
+  no answer (out of time, `onegate_unreachable`, as when nothing comes). requests' per-read
+  timeouts cannot bound a whole answer, so the sockets of the call's requests are recorded as
+  they are used (`_Watch`, through the connection class of the session's pools) and a timer
+  shuts them down at the deadline, which ends a read blocked in one. Either error is an answer
+  not had: kept for a later run like no answer at all. Only identity-encoded bodies are asked
+  for, so the bound is on what the server sends, not on what it inflates to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent import __version__, log
 from agent.errors import AgentError, Problem
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""The largest OneGate answer read. The biggest is GET /service: each VM of the service in it
+with its USER_TEMPLATE (a few KB with the attributes fl-agent publishes, the SuperLink's CA
+among them), so a 1,000-VM service answers a few MB; 16 MiB leaves room for more and bounds
+what a broken or hostile server costs."""
+_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,71 @@ class _Stops:
     """What this run no longer asks: '*' (everything) or a route such as 'PUT /vm'."""
 
     routes: dict[str, OneGateError]
+
+
+class _Watch:
+    """The sockets one call's requests used, shut down once its deadline passes."""
+
+    def __init__(self) -> None:
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def add(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            late = self.expired.is_set()
+        if late:
+            _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # a read blocked in it returns at once
+
+
+_WATCHING = threading.local()
+"""The _Watch of the call running in this thread, for the connections its requests use."""
+
+
+def _watched(connection_cls: type) -> type:
+    """`connection_cls` that hands its socket to the running call's _Watch on every request
+    (a new connection has one only once the request is sent; a reused one, the same)."""
+
+    class Watched(connection_cls):
+        def request(self, *args, **kwargs):
+            super().request(*args, **kwargs)
+            watch = getattr(_WATCHING, "watch", None)
+            if watch is not None:
+                watch.add(self.sock)
+
+    return Watched
+
+
+def _session(requests):
+    """A requests Session whose pools' connections report to the running call's _Watch."""
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    pools = {}
+    for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool)):
+        pools[scheme] = type(
+            pool.__name__, (pool,), {"ConnectionCls": _watched(pool.ConnectionCls)}
+        )
+    adapter = requests.adapters.HTTPAdapter()
+    adapter.poolmanager.pool_classes_by_scheme = pools
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 _BACKOFF: dict[tuple[str, str], _Backoff] = {}
@@ -137,6 +221,25 @@ def malformed(path: str, endpoint: str, body: str, what: str) -> OneGateError:
     return OneGateError(problem, 200, body[:200])
 
 
+def unread(path: str, endpoint: str, what: str) -> OneGateError:
+    """An answer given up while reading it: `what` is "too_large" or "too_slow"."""
+    if what == "too_large":
+        problem = Problem(
+            "onegate_answer_too_large",
+            f"OneGate {endpoint}{path}",
+            f"the answer is over {MAX_BODY_BYTES} bytes: not read further",
+            "check that ONEGATE_ENDPOINT is the OneGate server",
+        )
+    else:
+        problem = Problem(
+            "onegate_too_slow",
+            f"OneGate {endpoint}{path}",
+            "the answer was still arriving at the call's deadline",
+            "check the network to ONEGATE_ENDPOINT and the OneGate server's load",
+        )
+    return OneGateError(problem)
+
+
 def route(method: str, path: str) -> str:
     """'GET /vms/:id' for 'GET /vms/12': the unit a 403 ends."""
     return method + " " + re.sub(r"/\d+", "/:id", path.split("?")[0])
@@ -163,7 +266,7 @@ class Transport:
         self.sleep = sleep
         self.backoff = _BACKOFF.setdefault((endpoint, vmid), _Backoff())
         self.stops = _STOPPED.setdefault((endpoint, vmid), _Stops({}))
-        self.session = requests.Session()
+        self.session = _session(requests)
         self.session.trust_env = False  # no proxy or .netrc from the environment
         self.session.headers.update(
             {
@@ -171,6 +274,7 @@ class Transport:
                 "X-ONEGATE-VMID": vmid,
                 "User-Agent": f"fl-agent/{__version__}",
                 "Accept": "application/json",
+                "Accept-Encoding": "identity",
             }
         )
 
@@ -211,13 +315,20 @@ class Transport:
                 min(self.policy.read_timeout_s, remaining),
             )
             try:
-                resp = self.session.request(
-                    method, self.endpoint + path, data=data, timeout=timeout, allow_redirects=False
-                )
-            except failures as exc:
-                error = OneGateError(problem_for(None, type(exc).__name__, path, self.endpoint))
+                with self._watch(deadline) as watch:
+                    resp = self.session.request(
+                        method,
+                        self.endpoint + path,
+                        data=data,
+                        timeout=timeout,
+                        allow_redirects=False,
+                        stream=True,
+                    )
+                    body = self._body(resp, watch, path)
+            except failures as exc:  # before the body: no answer
+                reason = "out of time" if watch.expired.is_set() else type(exc).__name__
+                error = OneGateError(problem_for(None, reason, path, self.endpoint))
             else:
-                body = resp.text.strip()
                 if resp.status_code < 300 or (harmless and harmless(resp.status_code, body)):
                     self.backoff.failures, self.backoff.not_before = 0, 0.0
                     return body
@@ -232,6 +343,47 @@ class Transport:
             log.get("onegate").debug(
                 "onegate_retry", path=path, failures=self.backoff.failures, delay_s=round(delay, 3)
             )
+
+    @contextlib.contextmanager
+    def _watch(self, deadline: float) -> Iterator[_Watch]:
+        """This call's requests, their sockets shut down at `deadline` (module docstring)."""
+        watch = _Watch()
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), watch.expire)
+        timer.daemon = True
+        _WATCHING.watch = watch
+        timer.start()
+        try:
+            yield watch
+        finally:
+            timer.cancel()
+            _WATCHING.watch = None
+
+    def _body(self, resp, watch: _Watch, path: str) -> str:
+        """The answer's body as text, read in chunks up to MAX_BODY_BYTES and until the
+        deadline; a read the network cuts short raises ConnectionError, as requests would. A
+        body read whole leaves the connection for the next request."""
+        from urllib3.exceptions import HTTPError
+
+        chunks: list[bytes] = []
+        size, whole = 0, False
+        try:
+            for chunk in resp.raw.stream(_CHUNK_BYTES, decode_content=False):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise unread(path, self.endpoint, "too_large")
+                chunks.append(chunk)
+            whole = not watch.expired.is_set()  # an end of a body shut down is no end
+        except HTTPError as exc:
+            if not watch.expired.is_set():
+                raise self.requests.ConnectionError(type(exc).__name__) from None
+        finally:
+            if whole:
+                resp.raw.release_conn()
+            else:
+                resp.close()
+        if not whole:
+            raise unread(path, self.endpoint, "too_slow")
+        return b"".join(chunks).decode("utf-8", errors="replace").strip()
 
     def _stop(self, method: str, path: str, error: OneGateError) -> None:
         """A 401, a redirect or `Host not permitted` ends every request of this run; another
