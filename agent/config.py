@@ -501,7 +501,7 @@ def _operator_tls_together(r: _Reader, values: dict) -> None:
     if values["role"] == "superlink" and values["ssl_ca_cert"] and not given:
         given = ["FL_SSL_CA_CERT"]
     complete = len(given) == 2 and values["ssl_ca_cert"]
-    if not given or complete or any(p.subject in given for p in r.problems):
+    if not given or complete or any("FL_SSL_" in p.subject for p in r.problems):
         return
     r.problems.append(
         Problem(
