@@ -1,4 +1,4 @@
-"""`fl-agent boot` on the superlink role, end to end on the real engine and image.
+"""`fl-agent boot` on the superlink role, end to end on the real engine and images (1.42.0, 1.25.0).
 
 The OneGate emulator holds a OneFlow service (a superlink VM and two supernode VMs that
 published FL_NODE_PUBLIC_KEY) and a VM of another service with a key of its own. One boot:
@@ -50,9 +50,10 @@ def _remove(*names: str) -> None:
         docker("rm", "-f", name, check=False)
 
 
-@pytest.fixture
-def superlink_setup(tmp_path, no_supernode):
-    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), "1.42.0"], check=True)
+@pytest.fixture(params=["1.42.0", "1.25.0"])
+def superlink_setup(request, tmp_path, no_supernode):
+    version = request.param
+    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), version], check=True)
     prefix = f"fl-agent-test-sl-{tmp_path.name[-12:].lower().replace('_', '-')}"
     _remove(CONTAINER_NAME)
     with OneGateEmulator() as onegate:
@@ -72,8 +73,8 @@ def superlink_setup(tmp_path, no_supernode):
         (context.parent / "token.txt").write_text(TOKEN + "\n")
         variables = {
             "FL_ROLE": "superlink",
-            "FLOWER_VERSION": "1.42.0",
-            "FL_SUPERNODE_IMAGE": "fl-agent/supernode:1.42.0",
+            "FLOWER_VERSION": version,
+            "FL_SUPERNODE_IMAGE": f"fl-agent/supernode:{version}",
             "ETH0_IP": NIC_IP,
             "SET_HOSTNAME": HOSTNAME,
             "ONEGATE_ENDPOINT": onegate.endpoint,
@@ -83,7 +84,7 @@ def superlink_setup(tmp_path, no_supernode):
         context.write_text(render_context(variables))
         root = Root(tmp_path / "root")
         try:
-            yield root, context, onegate, keys, prefix
+            yield root, context, onegate, keys, prefix, version
         finally:
             names = docker("ps", "-aq", "--filter", f"name={prefix}-", check=False).stdout.split()
             _remove(CONTAINER_NAME, *names)
@@ -93,11 +94,11 @@ def _boot(root: Root, context: Path):
     return boot(root, context, BootOptions(stability_s=3.0, serve_wait_s=60.0))
 
 
-def _supernode(prefix: str, root: Root, key_dir: Path, name: str, port: int) -> str:
+def _supernode(version: str, prefix: str, root: Root, key_dir: Path, name: str, port: int) -> str:
     """A SuperNode on the host network with the node's key, trusting the SuperLink's CA."""
     args = flower.supernode_args(
-        version="1.42.0",
-        superlink=flower.fleet_endpoint("1.42.0", "127.0.0.1"),
+        version=version,
+        superlink=flower.fleet_endpoint(version, "127.0.0.1"),
         insecure=False,
         root_certificates="/ca/ca.crt",
         isolation="subprocess",
@@ -112,7 +113,7 @@ def _supernode(prefix: str, root: Root, key_dir: Path, name: str, port: int) -> 
     docker(
         "run", "-d", "--name", container, "--network", "host", "-e", "FLWR_TELEMETRY_ENABLED=0",
         "-v", f"{ca}:/ca/ca.crt:ro", "-v", f"{key_dir}:/key:ro",
-        "flwr/supernode:1.42.0", *args,
+        f"flwr/supernode:{version}", *args,
     )  # fmt: skip
     return container
 
@@ -131,7 +132,7 @@ def _wait_log(container: str, pattern: str, timeout: float = 60.0) -> str:
 
 
 def test_a_superlink_boot_serves_publishes_registers_reuses_and_renews(superlink_setup):
-    root, context, onegate, keys, prefix = superlink_setup
+    root, context, onegate, keys, prefix, version = superlink_setup
     first = _boot(root, context)
     assert first.state == BootState.RUNNING, first.record.problems
     container = first.record.container
@@ -139,9 +140,9 @@ def test_a_superlink_boot_serves_publishes_registers_reuses_and_renews(superlink
 
     published = onegate.user_template(SUPERLINK_VM)
     files = tls.tls_files(root)
-    assert published["FL_ENDPOINT"] == f"{NIC_IP}:8000"
+    assert published["FL_ENDPOINT"] == flower.fleet_endpoint(version, NIC_IP)
     assert base64.b64decode(published["FL_CA_CERT"]).decode() == files.ca_cert.read_text()
-    assert (published["FL_TLS"], published["FL_VERSION"]) == ("YES", "1.42.0")
+    assert (published["FL_TLS"], published["FL_VERSION"]) == ("YES", version)
     assert (published["READY"], published["FL_NODES_REGISTERED"]) == ("YES", "2")
     facts = tls.facts_on_disk(files)
     assert {f"IP:{NIC_IP}", f"DNS:{HOSTNAME}", "IP:127.0.0.1"} == facts.sans
@@ -153,10 +154,14 @@ def test_a_superlink_boot_serves_publishes_registers_reuses_and_renews(superlink
     assert set(registered) == {member, leaver}
 
     # the member's SuperNode connects; the other service's key was never registered
-    member_node = _supernode(prefix, root, keys[MEMBER_VM].private_key.parent, "member", 19094)
+    member_node = _supernode(
+        version, prefix, root, keys[MEMBER_VM].private_key.parent, "member", 19094
+    )
     state = classify(_wait_log(member_node, r"SuperNode ID: \d+|Failed to activate|No SuperNode"))
     assert (state.status, state.node_id) == (SupernodeStatus.CONNECTED, registered[member])
-    stranger = _supernode(prefix, root, keys[OUTSIDER_VM].private_key.parent, "outsider", 19095)
+    stranger = _supernode(
+        version, prefix, root, keys[OUTSIDER_VM].private_key.parent, "outsider", 19095
+    )
     log = _wait_log(stranger, "No SuperNode found|Failed to activate SuperNode")
     assert classify(log).status is SupernodeStatus.AUTH_REJECTED
     assert outsider not in registered
