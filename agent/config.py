@@ -463,35 +463,37 @@ def _node_config(r: _Reader) -> str | None:
 
 
 def _ca_cert(r: _Reader) -> str | None:
-    raw = r.get("FL_SSL_CA_CERT")
-    if raw is None:
-        return None
-    pem = decode_pem_base64(raw) if len(raw) <= MAX_CA_BASE64 else None
-    if pem is None:
-        r.bad("FL_SSL_CA_CERT", raw, "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)")
-    return pem
+    accepted = "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)"
+    return _pem(r, "FL_SSL_CA_CERT", accepted)
 
 
 def _server_cert(r: _Reader) -> str | None:
-    raw = r.get("FL_SSL_CERT")
-    if raw is None:
-        return None
-    pem = decode_pem_base64(raw) if len(raw) <= MAX_CA_BASE64 else None
-    if pem is None:
-        r.bad("FL_SSL_CERT", raw, "base64 of the SuperLink's PEM server certificate")
-    return pem
+    return _pem(r, "FL_SSL_CERT", "base64 of the SuperLink's PEM server certificate")
 
 
 def _server_key(r: _Reader) -> Secret | None:
     """FL_SSL_KEY: a secret, so no problem ever shows its value (masked as ***)."""
-    raw = r.get("FL_SSL_KEY")
+    accepted = "base64 of an unencrypted PEM private key"
+    pem = _pem(r, "FL_SSL_KEY", accepted, KEY_LABELS, secret=True)
+    return Secret(pem) if pem is not None else None
+
+
+def _pem(
+    r: _Reader,
+    name: str,
+    accepted: str,
+    labels: tuple[str, ...] = ("CERTIFICATE",),
+    *,
+    secret: bool = False,
+) -> str | None:
+    """The PEM text of the base64 variable `name`; None when unset or not such a PEM."""
+    raw = r.get(name)
     if raw is None:
         return None
-    pem = decode_pem_base64(raw, KEY_LABELS) if len(raw) <= MAX_CA_BASE64 else None
+    pem = decode_pem_base64(raw, labels) if len(raw) <= MAX_CA_BASE64 else None
     if pem is None:
-        r.bad("FL_SSL_KEY", raw, "base64 of an unencrypted PEM private key", secret=True)
-        return None
-    return Secret(pem)
+        r.bad(name, raw, accepted, secret=secret)
+    return pem
 
 
 def _operator_tls_together(r: _Reader, values: dict) -> None:

@@ -6,7 +6,6 @@ changes nothing."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from agent.superlink import (
 )
 from agent.superlink_boot import observe_tls
 from agent.watch import Watch, status_attributes
+from tests.test_boot_pipeline import snapshot
 
 IMAGE = "fl-agent/supernode:1.42.0"
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -321,15 +321,6 @@ def test_the_watch_on_the_superlink_role_reports_the_count_and_reads_no_gpu(tmp_
 
 
 # --------------------------------------------------------------------------- dry run
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        status = path.lstat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        out[str(path.relative_to(root))] = (status.st_mode, status.st_mtime_ns, digest)
-    return out
 
 
 def test_a_dry_run_changes_nothing_and_shows_the_plan(tmp_path, monkeypatch):
