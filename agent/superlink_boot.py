@@ -174,7 +174,8 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
         failed = problem("superlink_not_serving", plan.spec.name, detail)
         return _end(session, plan, facts, BootState.FAILED, (failed,), result)
     registration = None
-    if plan.has(ActionKind.REGISTER_NODES):
+    reporter = session.progress.reporter
+    if plan.has(ActionKind.REGISTER_NODES) and reporter is not None and reporter.enabled:
         registration = session.timed("registration", _register, session, config)
     problems = registration.problems if registration else ()
     return _end(session, plan, facts, BootState.RUNNING, problems, result, registration)
@@ -286,6 +287,7 @@ def serving(port: int, wait_s: float, host: str = LOOPBACK) -> bool:
 
 
 def _register(session: Session, config: Config) -> Registration:
+    """One registration pass; without OneGate there is no service to read keys from."""
     from agent import registration
 
     return registration.sync(
