@@ -160,7 +160,7 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "check /var/lib/fl-agent: a writable file system with free space",
     ),
     "superlink_not_serving": (
-        "the SuperLink container runs but its Fleet API port does not answer",
+        "the SuperLink container runs but its Fleet or Control API port does not answer",
         "see `docker logs flower-superlink`; check that no other process holds the port",
     ),
     "node_registration_failed": (

@@ -168,9 +168,9 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     result = session.timed("converge", _converge, session, plan)
     if not result.running:
         return _end(session, plan, facts, BootState.FAILED, result.problems, result)
-    port = _fleet_port(config)
-    if not session.timed("serving", serving, port, session.options.serve_wait_s):
-        detail = f"127.0.0.1:{port} did not answer in {session.options.serve_wait_s:.0f} s"
+    silent = session.timed("serving", _silent_port, config, session.options.serve_wait_s)
+    if silent is not None:
+        detail = f"127.0.0.1:{silent} did not answer in {session.options.serve_wait_s:.0f} s"
         failed = problem("superlink_not_serving", plan.spec.name, detail)
         return _end(session, plan, facts, BootState.FAILED, (failed,), result)
     registration = None
@@ -267,10 +267,16 @@ def _converge(session: Session, plan: Plan) -> ConvergeResult:
     )
 
 
-def _fleet_port(config: Config) -> int:
+def _silent_port(config: Config, wait_s: float) -> int | None:
+    """The first of the Fleet API port (what READY promises) and the Control API port (what
+    the registration needs) that does not answer within `wait_s`; None when both do."""
     release = flower.release_for(config.flower_version)
     assert release is not None  # build_config accepts only versions of the table
-    return release.fleet_port
+    deadline = time.monotonic() + wait_s
+    for port in dict.fromkeys((release.fleet_port, release.control_port)):
+        if not serving(port, max(0.0, deadline - time.monotonic())):
+            return port
+    return None
 
 
 def serving(port: int, wait_s: float, host: str = LOOPBACK) -> bool:

@@ -338,3 +338,16 @@ def test_a_dry_run_changes_nothing_and_shows_the_plan(tmp_path, monkeypatch):
     assert outcome.record.superlink["published"]["FL_ENDPOINT"] == "10.0.0.5:8000"
     kinds = [a["kind"] for a in outcome.record.plan["actions"]]
     assert kinds[:2] == ["pull_image", "ensure_tls"] and "register_nodes" in kinds
+
+
+def test_serving_is_a_bounded_tcp_connect():
+    import socket
+
+    from agent.superlink_boot import serving
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert serving(port, 1.0)
+    assert not serving(port, 1.0)  # closed now: refused until the wait is over
