@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from agent.discovery import Discovery, Pin
     from agent.engine import ConvergeResult, Engine
     from agent.inputs import Inputs
+    from agent.superlink import SuperlinkInputs
     from agent.validation import Observed, ValidationReport
 
 
@@ -65,6 +66,7 @@ class BootOptions:
     ca_attempts: int = 12
     ca_interval_s: float = 5.0
     onegate_timeout_s: float = 10.0
+    serve_wait_s: float = 60.0  # superlink role: how long its Fleet API port may take to answer
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Facts:
     ca_host_path: str = ""  # where the CA goes under the root
     pin_path: str = ""  # where the pin goes under the root
     periodic: bool = False  # a re-convergence by the timer (BootOptions.periodic)
+    superlink: SuperlinkInputs | None = None  # FL_ROLE=superlink: agent/superlink_boot.py
 
 
 def boot(
@@ -130,6 +133,10 @@ def boot(
 
 def _run(session: Session, context_file: Path | None) -> Outcome:
     facts = observe(session, context_file)
+    if _superlink_role(facts):
+        from agent import superlink_boot
+
+        return superlink_boot.run(session, facts)
     report = evaluate(session, facts)
     plan = plan_boot(facts, report)
     if session.options.dry_run:
@@ -218,6 +225,7 @@ class Session:
             validation=report.to_dict() if report else facts.last_validation,
             discovery=facts.discovery.to_dict() if facts.discovery else None,
             container=ending.container.to_dict() if ending.container else None,
+            superlink=ending.superlink,
         )
         return Outcome(record, plan)
 
@@ -230,6 +238,8 @@ class Ending:
     problems: tuple[Problem, ...] | None = None
     mode: Mode = Mode.NONE
     container: ConvergeResult | None = None
+    attributes: dict[str, str] | None = None  # the facts for OneGate (None: the GPU facts)
+    superlink: dict | None = None  # the superlink role's part of the record
 
 
 # --------------------------------------------------------------------------- observe
@@ -240,11 +250,24 @@ def observe(session: Session, context_file: Path | None) -> Facts:
     facts; stop at the first thing that blocks the node. Writes nothing (progress reports
     aside)."""
     facts = _observe_inputs(session, context_file)
-    for step in (_observe_engine, _observe_discovery, _observe_node):
+    for step in _observe_steps(facts):
         if facts.blocking:
             return facts
         facts = step(session, facts)
     return facts
+
+
+def _superlink_role(facts: Facts) -> bool:
+    return facts.config is not None and facts.config.role == "superlink"
+
+
+def _observe_steps(facts: Facts) -> tuple[Callable[[Session, Facts], Facts], ...]:
+    """The SuperNode's steps, or the superlink role's: no discovery, no GPU."""
+    if _superlink_role(facts):
+        from agent import superlink_boot
+
+        return (_observe_engine, superlink_boot.observe)
+    return (_observe_engine, _observe_discovery, _observe_node)
 
 
 def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
@@ -628,7 +651,9 @@ def _record(
     error = (record.problems[0].name, record.problems[0].message) if record.problems else None
     gpu = report.facts if report else None
     attrs = gpu_attributes(gpu, ending.mode, record.validation)
-    if facts.established is not None:  # nothing re-read: the boot's GPU facts stay as sent
+    if ending.attributes is not None:
+        attrs = ending.attributes
+    elif facts.established is not None:  # nothing re-read: the boot's GPU facts stay as sent
         attrs = {"FL_GPU_MODE": attrs["FL_GPU_MODE"]}
     session.progress.report(state, facts=attrs, error=error, ready=state in READY)
     record = replace(record, last_reported_state=session.progress.last)

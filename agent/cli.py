@@ -123,6 +123,9 @@ def _plan_text(record: dict) -> str:
         if spec["gpu_count"] == -1 or spec["gpu_device_ids"]:
             lines.append(f"gpus: {spec['gpu_device_ids'] or 'all'}")
     lines.append("actions: " + ", ".join(a["kind"] for a in plan["actions"]))
+    published = (record.get("superlink") or {}).get("published") or {}
+    if published:  # the superlink role: what it would publish once it serves
+        lines.append("publishes: " + " ".join(f"{k}={v}" for k, v in published.items()))
     lines += [f"problem: {p['subject']}: {p['message']}" for p in plan["problems"]]
     lines.append(f"would end: {record['state']}")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from agent import flower
+from agent.context import Secret
 from agent.errors import Problem
 
 DEFAULT_DATA_DIR = "/opt/flower/data"
@@ -144,6 +145,8 @@ class Config:
     max_wait_time: int = 0
     tls_enabled: bool = True
     ssl_ca_cert: str | None = None  # PEM text, decoded from base64
+    ssl_cert: str | None = None  # superlink role: the operator's server certificate (PEM)
+    ssl_key: Secret | None = None  # superlink role: its private key (PEM); never shown
     node_auth: bool = True  # SuperNode authentication (needs TLS): keys, registration
     toolkit_install: str = "AUTO"  # AUTO | NEVER
     data_dir: str = DEFAULT_DATA_DIR
@@ -167,8 +170,10 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "cuda_visible_devices" and value is not None:
                 value = [str(v) for v in value]
-            elif f.name == "ssl_ca_cert" and value:
+            elif f.name in ("ssl_ca_cert", "ssl_cert") and value:
                 value = f"<PEM, {len(value)} bytes>"
+            elif f.name == "ssl_key" and value is not None:
+                value = "***"
             out[f.name] = value
         return out
 
@@ -258,6 +263,8 @@ def build_config(
         "max_wait_time": r.integer("FL_MAX_WAIT_TIME"),
         "tls_enabled": r.yes_no("FL_TLS_ENABLED", True),
         "ssl_ca_cert": _ca_cert(r),
+        "ssl_cert": _server_cert(r),
+        "ssl_key": _server_key(r),
         "node_auth": r.yes_no("FL_NODE_AUTH", True),
         "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
         "data_dir": _data_dir(r),
@@ -271,6 +278,7 @@ def build_config(
                 "set FL_GPU_ENABLED to YES or AUTO, or FL_GPU_REQUIRED to NO",
             )
         )
+    _operator_tls_together(r, values)
     problems = tuple(r.problems)
     config = None if problems else Config(**values)
     return ConfigResult(config, problems, dict(r.sources))
@@ -455,24 +463,72 @@ def _node_config(r: _Reader) -> str | None:
 
 
 def _ca_cert(r: _Reader) -> str | None:
-    raw = r.get("FL_SSL_CA_CERT")
+    accepted = "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)"
+    return _pem(r, "FL_SSL_CA_CERT", accepted)
+
+
+def _server_cert(r: _Reader) -> str | None:
+    return _pem(r, "FL_SSL_CERT", "base64 of the SuperLink's PEM server certificate")
+
+
+def _server_key(r: _Reader) -> Secret | None:
+    """FL_SSL_KEY: a secret, so no problem ever shows its value (masked as ***)."""
+    accepted = "base64 of an unencrypted PEM private key"
+    pem = _pem(r, "FL_SSL_KEY", accepted, KEY_LABELS, secret=True)
+    return Secret(pem) if pem is not None else None
+
+
+def _pem(
+    r: _Reader,
+    name: str,
+    accepted: str,
+    labels: tuple[str, ...] = ("CERTIFICATE",),
+    *,
+    secret: bool = False,
+) -> str | None:
+    """The PEM text of the base64 variable `name`; None when unset or not such a PEM."""
+    raw = r.get(name)
     if raw is None:
         return None
-    pem = decode_pem_base64(raw) if len(raw) <= MAX_CA_BASE64 else None
+    pem = decode_pem_base64(raw, labels) if len(raw) <= MAX_CA_BASE64 else None
     if pem is None:
-        r.bad("FL_SSL_CA_CERT", raw, "base64 of a PEM CA certificate (-----BEGIN CERTIFICATE-----)")
+        r.bad(name, raw, accepted, secret=secret)
     return pem
 
 
-def decode_pem_base64(raw: str) -> str | None:
-    """base64 of a PEM certificate -> the PEM text, or None when it is not one."""
+def _operator_tls_together(r: _Reader, values: dict) -> None:
+    """The SuperLink's own material comes as a set: FL_SSL_CERT and FL_SSL_KEY together, and
+    with FL_SSL_CA_CERT (published as FL_CA_CERT for the SuperNodes to trust)."""
+    given = [n for n, k in (("FL_SSL_CERT", "ssl_cert"), ("FL_SSL_KEY", "ssl_key")) if values[k]]
+    if values["role"] == "superlink" and values["ssl_ca_cert"] and not given:
+        given = ["FL_SSL_CA_CERT"]
+    complete = len(given) == 2 and values["ssl_ca_cert"]
+    if not given or complete or any("FL_SSL_" in p.subject for p in r.problems):
+        return
+    r.problems.append(
+        Problem(
+            "conflicting_values",
+            "FL_SSL_CERT/FL_SSL_KEY",
+            f"{' and '.join(given)} without the rest of the SuperLink's TLS material",
+            "set FL_SSL_CA_CERT, FL_SSL_CERT and FL_SSL_KEY together (FL_ROLE=superlink), or "
+            "leave FL_SSL_CERT and FL_SSL_KEY empty to let the agent make its own CA",
+        )
+    )
+
+
+KEY_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
+
+
+def decode_pem_base64(raw: str, labels: tuple[str, ...] = ("CERTIFICATE",)) -> str | None:
+    """base64 of a PEM block (a certificate, or one of `labels`) -> the PEM text, or None when
+    it is not one."""
     try:
         text = base64.b64decode("".join(raw.split()), validate=True).decode("ascii")
     except (binascii.Error, ValueError):
         return None
     if len(text) > MAX_CA_BASE64:
         return None
-    if "-----BEGIN CERTIFICATE-----" in text and "-----END CERTIFICATE-----" in text:
+    if any(f"-----BEGIN {x}-----" in text and f"-----END {x}-----" in text for x in labels):
         return text
     return None
 

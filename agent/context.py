@@ -83,6 +83,37 @@ class Platform:
     token: Secret | None = field(default=None, repr=False, compare=False)
     report_ready: bool = False
     problems: tuple[Problem, ...] = ()
+    ips: tuple[str, ...] = ()  # the NICs' addresses (ETHn_IP, ETHn_IP6), NIC order
+    hostname: str | None = None  # SET_HOSTNAME, when it is a host name
+
+
+_NIC_ADDRESS = re.compile(r"ETH([0-9]{1,3})_(IP|IP6)")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def nic_addresses(variables: dict[str, str]) -> tuple[str, ...]:
+    """The VM's addresses as one-context names them: ETH<n>_IP then ETH<n>_IP6 per NIC, NICs
+    in number order (aliases left out); a value that is not an IP address is skipped."""
+    import ipaddress
+
+    found = []
+    for name, value in variables.items():
+        match = _NIC_ADDRESS.fullmatch(name)
+        if match is None or not value.strip():
+            continue
+        try:
+            address = str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            continue
+        found.append(((int(match[1]), match[2] == "IP6"), address))
+    return tuple(dict.fromkeys(address for _, address in sorted(found)))
+
+
+def context_hostname(variables: dict[str, str]) -> str | None:
+    """SET_HOSTNAME when it is a valid host name (one-context sets the VM's name from it)."""
+    value = variables.get("SET_HOSTNAME", "").strip()
+    return value.lower() if _HOSTNAME.fullmatch(value) else None
 
 
 def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
@@ -121,6 +152,8 @@ def read_platform(variables: dict[str, str], token: Secret | None) -> Platform:
         token=token,
         report_ready=variables.get("REPORT_READY", "").strip().upper() == "YES",
         problems=tuple(problems),
+        ips=nic_addresses(variables),
+        hostname=context_hostname(variables),
     )
 
 

@@ -150,6 +150,28 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "reboot the VM (a passthrough GPU is reset by a VM reboot, which validates it again); "
         "if it stays lost, the host's GPU needs service",
     ),
+    # the superlink role
+    "superlink_tls_failed": (
+        "the SuperLink's CA or server certificate could not be written",
+        "check /var/lib/fl-agent/tls: a writable directory with free space",
+    ),
+    "superlink_files_failed": (
+        "the SuperLink's state or control directory could not be prepared",
+        "check /var/lib/fl-agent: a writable file system with free space",
+    ),
+    "superlink_not_serving": (
+        "the SuperLink container runs but its Fleet or Control API port does not answer",
+        "see `docker logs flower-superlink`; check that no other process holds the port",
+    ),
+    "node_registration_failed": (
+        "a SuperNode key could not be registered or unregistered with the SuperLink",
+        "see `docker logs flower-superlink`; the watch tries again at its next tick",
+    ),
+    "node_key_refused": (
+        "a VM of the service's supernode role published a key that is not registered",
+        "FL_NODE_PUBLIC_KEY must be the OpenSSH line of an EC (NIST curve) public key, as "
+        "the SuperNode's agent publishes it",
+    ),
     # the engine
     "docker_unavailable": ("the Docker engine does not answer", _DOCKER_FIX),
     "image_pull_failed": (

@@ -72,6 +72,10 @@ class ActionKind(StrEnum):
     DEV_CHAR_LINKS = "dev_char_links"  # /dev/char links of the NVIDIA nodes (boot, GPU present)
     CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
     WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
+    ENSURE_TLS = "ensure_tls"  # superlink role: its CA and server certificate (or the operator's)
+    PREPARE_STATE_DIR = "prepare_state_dir"  # superlink role: its database and control dirs
+    WAIT_SERVING = "wait_serving"  # superlink role: the fleet port answers before READY
+    REGISTER_NODES = "register_nodes"  # superlink role: the service's SuperNode keys
     RECORD = "record"  # state file, appliance report, OneGate's terminal report
 
 

@@ -302,7 +302,7 @@ def ensure_server_tls(
     if ca_created:
         _write_pair(files.ca_cert, files.ca_key, *_new_ca(now))
     ca_cert, ca_key = _load_pair(files.ca_cert, files.ca_key)
-    decision = renewal(_facts_on_disk(files), sans, now)
+    decision = renewal(facts_on_disk(files), sans, now)
     if decision.issue:
         cert, key = _new_server_cert(ca_cert, ca_key, sans, now, server_validity)
         _write_pair(files.server_cert, files.server_key, cert, key, key_owner)
@@ -361,7 +361,8 @@ def _operator_problem(message: str) -> Problem:
     )
 
 
-def _facts_on_disk(files: TlsFiles) -> CertFacts | None:
+def facts_on_disk(files: TlsFiles) -> CertFacts | None:
+    """The server certificate's facts as on disk; None when absent or unreadable (reissued)."""
     if not (files.server_cert.exists() and files.server_key.exists()):
         return None
     try:

@@ -10,7 +10,11 @@ One long-running loop (systemd/fl-agent-watch.service restarts it whenever it di
 - OneGate gets an attribute only when its value changed; READY is never touched here;
 - a GPU NVML reports lost or gone on `CONFIRM_OBSERVATIONS` consecutive ticks is a confirmed
   loss, written to the watch state for the re-convergence to act on (agent/reconverge.py
-  `watch_confirmed_loss` reads it).
+  `watch_confirmed_loss` reads it);
+- on the superlink role (the boot record has a `superlink` part) a tick does only what fits the
+  role: it registers the keys of the service's SuperNodes and unregisters those of VMs that left
+  (agent/registration.py `sync`, under the boot lock), and reports FL_NODES_REGISTERED when the
+  count changed. No GPU, no NVML, no SuperNode log.
 
 Nothing here restarts dockerd, runs a probe container or creates a CUDA context. A failing
 NVML, engine or OneGate is a named problem in the log and the watch state, and the next tick
@@ -49,6 +53,7 @@ LOG_FIRST_TAIL = 500  # lines of a container's log read when the watch first see
 EXEC_TIMEOUT_S = 30.0
 
 STATUS_ATTRIBUTE = "FL_SUPERNODE_STATUS"
+NODES_ATTRIBUTE = "FL_NODES_REGISTERED"
 ACCESS_ATTRIBUTE = "FL_GPU_ACCESS"
 REPAIR_ATTRIBUTE = "FL_GPU_ACCESS_REPAIR"
 
@@ -120,6 +125,7 @@ class WatchState:
     supernode: LogState = field(default_factory=LogState)
     access: dict[str, Any] = field(default_factory=dict)
     loss: GpuLoss = field(default_factory=GpuLoss)
+    nodes_registered: int | None = None  # superlink role: keys registered after the last pass
     problems: tuple[Problem, ...] = ()
     updated_at: str = ""
 
@@ -135,6 +141,7 @@ class WatchState:
             "supernode": asdict(self.supernode),
             "access": self.access,
             "gpu_loss": loss,
+            "nodes_registered": self.nodes_registered,
             "problems": [p.to_dict() for p in self.problems],
             "updated_at": self.updated_at,
         }
@@ -154,6 +161,7 @@ class WatchState:
             supernode=LogState(**supernode),
             access=dict(data.get("access") or {}),
             loss=GpuLoss(**{**loss, "uuids": tuple(loss.get("uuids") or ())}),
+            nodes_registered=data.get("nodes_registered"),
         )
 
 
@@ -210,6 +218,8 @@ def status_attributes(state: WatchState) -> dict[str, str]:
         values[ACCESS_ATTRIBUTE] = _access_value(state.access)
     if state.access.get("repair"):
         values[REPAIR_ATTRIBUTE] = state.access["repair"]
+    if state.nodes_registered is not None:
+        values[NODES_ATTRIBUTE] = str(state.nodes_registered)
     return values
 
 
@@ -394,8 +404,14 @@ class Watch:
     def tick(self) -> WatchState:
         """One observation of everything; report what changed; save the state."""
         self.state = replace(self.state, problems=())
+        record = read_state(self.root)
+        if (record or {}).get("superlink"):
+            self._guarded("node_registration_failed", "flower-superlink", self._register, record)
+            self._report()
+            self._save()
+            return self.state
         now = self._now()
-        target = self._target()
+        target = target_from_record(record)
         facts = self._read_health()
         self._health(target, facts, now)
         if target is not None and target.mode == "GPU":
@@ -415,6 +431,31 @@ class Watch:
         self._report()
         self._save()
         return self.state
+
+    def _register(self, record: dict[str, Any]) -> None:
+        """The superlink role's tick: one registration pass while the SuperLink runs."""
+        from agent import registration
+        from agent.superlink import CONTAINER_NAME
+
+        if not record["superlink"].get("node_auth"):
+            return
+        docker, reporter = self._docker_or_none(), self._reporter_or_none()
+        if docker is None or reporter is None or not reporter.enabled:
+            return
+        if docker.running(CONTAINER_NAME) is None:  # not running: the re-convergence's business
+            return
+        try:
+            with boot_lock(self.root):  # never while a boot registers too
+                done = registration.sync(
+                    self.root, docker.engine, reporter, str(record.get("flower_version"))
+                )
+        except AgentError as exc:
+            _log().info("registration waits", reason=exc.first.name)
+            return
+        for found in done.problems:
+            _log().error(found.name, subject=found.subject, message=found.message)
+        problems = (*self.state.problems, *done.problems)
+        self.state = replace(self.state, nodes_registered=done.count, problems=problems)
 
     def _target(self) -> Target | None:
         return target_from_record(read_state(self.root))

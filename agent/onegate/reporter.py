@@ -282,8 +282,9 @@ class Reporter:
     def get_vm(self) -> dict:
         return self._read("/vm", "VM")
 
-    def get_service(self) -> dict:
-        data = self._read("/service", "SERVICE")
+    def get_service(self, *, extended: bool = False) -> dict:
+        """GET /service; `extended`: each node's full VM document (its USER_TEMPLATE)."""
+        data = self._read("/service?extended=true" if extended else "/service", "SERVICE")
         if not _service_shaped(data["SERVICE"]):
             raise malformed("/service", self.endpoint, str(data)[:200], "a OneFlow service")
         return data

@@ -51,8 +51,17 @@ ATTRIBUTES: Mapping[str, str] = {
     "FL_GPU_ACCESS_REPAIR": "the last repair of lost GPU access: what, when, and its result",
     "FL_SUPERNODE_STATUS": "the SuperNode's connection state read from its log: CONNECTED, "
     "RECONNECTING, SUPERLINK_UNREACHABLE, TLS_ERROR, AUTH_REJECTED, VERSION_MISMATCH, ...",
+    "FL_ENDPOINT": "superlink role: the Fleet API address SuperNodes of FL_VERSION dial "
+    "(host:port; first NIC IP, gRPC on 9092 up to Flower 1.39, HTTP on 8000 from 1.40)",
+    "FL_CA_CERT": "superlink role: base64 of the PEM CA certificate SuperNodes trust (and pin); "
+    "deleted when FL_TLS=NO",
+    "FL_TLS": "superlink role: YES when the SuperLink serves TLS, NO when it runs insecure",
+    "FL_VERSION": "superlink role: the Flower version (X.Y.Z) the SuperLink runs",
+    "FL_NODES_REGISTERED": "superlink role: how many SuperNode keys of the service are "
+    "registered with the SuperLink (sent when it changes)",
     "FL_NODE_READY": "YES with READY (the community appliance's readiness attribute)",
-    "READY": "YES once the SuperNode container runs: OneFlow's ready_status_gate",
+    "READY": "YES once the SuperNode container runs (superlink role: once the SuperLink "
+    "container runs and its Fleet API port answers): OneFlow's ready_status_gate",
 }
 """Every attribute the agent publishes: the one table (docs/onegate.md renders it)."""
 
