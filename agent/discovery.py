@@ -56,6 +56,9 @@ class Discovery:
     """Problems that do not stop the node (a pinned value kept against OneGate's)."""
     learned: Pin | None = None
     """The identity OneGate gave this run, before any pin was applied (what `pin_update` pins)."""
+    superlink_version: str | None = None
+    """FL_VERSION as the SuperLink VM publishes it, raw and untrusted (agent/pairing.py checks
+    it); None when it publishes none or was not read."""
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class Discovery:
             "problems": [p.to_dict() for p in self.problems],
             "warnings": [p.to_dict() for p in self.warnings],
             "learned": self.learned.to_dict() if self.learned else None,
+            "superlink_version": self.superlink_version,
         }
 
 
@@ -272,6 +276,7 @@ class _Run:
             Pin(self.learned_address, self.learned_ca)
             if self.learned_address or self.learned_ca
             else None,
+            self.superlink.get("FL_VERSION", "").strip()[:64] or None,
         )
 
     @property

@@ -256,7 +256,7 @@ class PlanInputs:
     established: Established | None = None  # set when periodic: the last boot's mode
     node_key_dir: str | None = None  # the node key directory under the root (SuperNode auth)
     node_facts: nodefacts.GpuNodeFacts | None = None  # None: FL_NODE_FACTS=NO
-    instance: Instance = Instance()  # container names and the local API port
+    instance: Instance = field(default_factory=Instance)  # container names, local API port
     leftover_superexec: bool = False  # a SuperExec of this agent exists (inspected by observe)
 
 
@@ -305,7 +305,8 @@ def _paired(config: Config, inputs: PlanInputs, plan: Plan) -> Plan:
         return plan
     gpu = plan.spec.mode == Mode.GPU
     fallback = _supernode(config, inputs, False, False) if gpu and plan.fallback else None
-    return replace(plan, companion=_supernode(config, inputs, gpu, False), companion_fallback=fallback)
+    companion = _supernode(config, inputs, gpu, False)
+    return replace(plan, companion=companion, companion_fallback=fallback)
 
 
 _WAITS = {"toolkit": "toolkit install", "container": "image pull"}

@@ -41,6 +41,7 @@ class BootRecord:
     validation: dict[str, Any] | None = None
     discovery: dict[str, Any] | None = None
     container: dict[str, Any] | None = None
+    companion: dict[str, Any] | None = None  # FL_ISOLATION=process: the SuperNode's converge
     agent_version: str = field(default=__version__)
 
     @property
@@ -66,7 +67,7 @@ class BootRecord:
         }
         if self.dry_run:
             data["dry_run"] = True
-        for name in ("plan", "validation", "discovery", "container"):
+        for name in ("plan", "validation", "discovery", "container", "companion"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         return data

@@ -51,6 +51,8 @@ ATTRIBUTES: Mapping[str, str] = {
     "FL_GPU_ACCESS_REPAIR": "the last repair of lost GPU access: what, when, and its result",
     "FL_SUPERNODE_STATUS": "the SuperNode's connection state read from its log: CONNECTED, "
     "RECONNECTING, SUPERLINK_UNREACHABLE, TLS_ERROR, AUTH_REJECTED, VERSION_MISMATCH, ...",
+    "FL_NODE_PUBLIC_KEY": "the SuperNode's OpenSSH public key, for its SuperLink to register "
+    "(the private key never leaves the VM)",
     "FL_NODE_READY": "YES with READY (the community appliance's readiness attribute)",
     "READY": "YES once the SuperNode container runs: OneFlow's ready_status_gate",
 }
