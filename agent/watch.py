@@ -77,18 +77,24 @@ def target_from_record(record: dict | None) -> Target | None:
 
     The target is the container that holds the GPUs: the SuperNode, or with
     FL_ISOLATION=process its SuperExec; the status is read from the SuperNode's log then."""
-    container = (record or {}).get("container") or {}
-    if not container.get("container_id"):
-        return None
+    record = record or {}
     plan = record.get("plan") or {}
+    container = record.get("container") or {}
+    companion = record.get("companion") or {}
+    pair = ("companion", "companion_fallback")
+    if not container.get("container_id"):
+        if not companion.get("container_id"):
+            return None
+        alone = _recorded_spec(plan, pair, companion)  # the pair's SuperExec never started
+        name = (alone or {}).get("name") or companion["container_id"]
+        return Target(name, companion["container_id"], "NONE", (), alone)
     spec = _recorded_spec(plan, ("spec", "fallback"), container)
     mode = str(container.get("mode") or "NONE")
     expected: tuple[str, ...] = ()
     if mode == "GPU":
         expected = tuple((spec or {}).get("gpu_device_ids") or ()) or inventory(record)
     name = (spec or {}).get("name") or container["container_id"]
-    companion = record.get("companion") or {}
-    supernode = _recorded_spec(plan, ("companion", "companion_fallback"), companion)
+    supernode = _recorded_spec(plan, pair, companion)
     log_name = (supernode or {}).get("name") or ""
     return Target(name, container["container_id"], mode, expected, spec, log_name)
 

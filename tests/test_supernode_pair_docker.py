@@ -54,6 +54,7 @@ def fl_agent(root: Path, *args: str) -> subprocess.CompletedProcess:
 def federation(request, tmp_path, no_supernode):
     version = request.param
     subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), version], check=True)
+    (tmp_path / "fed").mkdir()
     fed = Federation(version, tmp_path / "fed", repository="fl-agent/supernode")
     port = free_port()
     names = (instance.Instance(NUMBER).supernode, instance.Instance(NUMBER).superexec)
