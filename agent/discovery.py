@@ -316,6 +316,8 @@ class _Run:
             self.address is None or self.wants_ca or self.address_pinned
         ):
             self._read_superlink(service)
+        elif SUPERLINK_ROLE in service.roles and self.superlink_vm is None:
+            self._read_superlink_version(service)
         if self.address is None:
             try:
                 self._superlink_address(service)
@@ -340,6 +342,13 @@ class _Run:
         self.superlink_vm = str(ids[0])
         self._take_template(template)
         self.superlink_ip = _first_ip((vm.get("TEMPLATE") or {}).get("NIC"))
+
+    def _read_superlink_version(self, service: _Service) -> None:
+        """Only its FL_VERSION is wanted (version pairing): one try, never waited for."""
+        try:
+            self._read_superlink(service)
+        except AgentError as exc:
+            self.notes.append(f"the SuperLink VM's FL_VERSION was not read: {exc.first.message}")
 
     def _superlink_address(self, service: _Service) -> None:
         if SUPERLINK_ROLE not in service.roles:
