@@ -263,3 +263,25 @@ def test_node_facts_off_leaves_the_node_config_as_discovered() -> None:
     assert 'fl-mode="gpu"' in option(on.spec.command, "--node-config")
     assert 'fl-mode="cpu"' in option(on.fallback.command, "--node-config")
     assert option(on.spec.command, "--node-config").startswith("partition-id=0 num-partitions=2 ")
+
+
+def test_a_pair_whose_superexec_never_started_is_watched_through_its_supernode() -> None:
+    plan = make_plan(config(FL_ISOLATION="process"), inputs()).to_dict()
+    record = {
+        "plan": plan,
+        "container": None,
+        "companion": {"container_id": "c2", "spec_hash": plan["companion"]["spec_hash"]},
+    }
+    target = target_from_record(record)
+    assert (target.name, target.container_id, target.mode) == ("flower-supernode", "c2", "NONE")
+    assert target_from_record({"plan": plan}) is None
+
+
+def test_status_names_the_fix_of_a_refused_key() -> None:
+    from agent.cli import _status_text
+
+    watch = {"updated_at": "t", "attributes": {"FL_SUPERNODE_STATUS": "AUTH_REJECTED"}}
+    text = _status_text({"last_boot": None, "watch": watch | {"problems": []}})
+    assert "FL_SUPERNODE_STATUS=AUTH_REJECTED" in text and "flwr supernode register" in text
+    connected = {"updated_at": "t", "attributes": {"FL_SUPERNODE_STATUS": "CONNECTED"}}
+    assert "fix:" not in _status_text({"last_boot": None, "watch": connected | {"problems": []}})
