@@ -148,3 +148,59 @@ def _logs(name: str) -> str:
         )
         return done.stdout
     return ""
+
+
+def test_a_refused_gpu_moves_the_whole_pair_to_cpu(tmp_path, no_supernode):
+    """The engine here refuses every GPU request (what a VM without the toolkit does): the
+    SuperExec falls back to its CPU spec, and the SuperNode is converged again with the CPU
+    facts in its node config. Instance 8; no SuperLink listens, so the SuperNode retries."""
+    from dataclasses import replace
+
+    from agent.boot import BootOptions, Facts, Session, apply, plan_inputs
+    from agent.config import build_config
+    from agent.context import Platform
+    from agent.discovery import Discovery
+    from agent.engine import connect
+    from agent.nodefacts import GpuNodeFacts
+    from agent.paths import Root
+    from agent.plan import GpuVerdict, make_plan
+
+    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), "1.42.0"], check=True)
+    address = f"127.0.0.1:{free_port()}"
+    variables = {"FLOWER_VERSION": "1.42.0", "FL_TLS_ENABLED": "NO", "FL_ISOLATION": "process"}
+    config = build_config({**variables, "FL_SUPERLINK_ADDRESS": address}).config
+    root = tmp_path / "root"
+    session = Session(Root(root), BootOptions(stability_s=3))
+    session.engine = connect(timeout_s=30)
+    pair = instance.Instance(8)
+    facts = Facts(
+        Platform(),
+        config,
+        image=session.engine.image(config.supernode_image),
+        discovery=Discovery(address, None, "partition-id=0"),
+        data_dir_host=str(root / "opt/flower/data"),
+        data_dir_exists=False,
+        instance=pair,
+    )
+    gpu = GpuVerdict("PASSED", ("GPU-11111111-1111-1111-1111-111111111111",), False)
+    h200 = GpuNodeFacts(1, "NVIDIA H200", 143771, False, "12.8")
+    plan = make_plan(config, replace(plan_inputs(facts, None), gpu=gpu, node_facts=h200))
+    assert plan.spec.mode == "GPU" and 'fl-mode="gpu"' in " ".join(plan.companion.command)
+    try:
+        record = apply(session, plan, facts, None).record
+        assert (record.state, record.mode) == ("DEGRADED", "CPU"), record.problems
+        assert [p.name for p in record.problems] == ["gpu_start_failed"]
+        assert record.companion["spec_hash"] == plan.companion_fallback.spec_hash
+        assert record.container["spec_hash"] == plan.fallback.spec_hash
+        for name in (pair.supernode, pair.superexec):
+            assert running(name), _logs(name)
+        supernode = json.loads(docker("inspect", pair.supernode).stdout)[0]
+        node_config = next(a for a in supernode["Args"] if a.startswith("--node-config="))
+        assert 'fl-mode="cpu"' in node_config and "fl-gpu-model" not in node_config
+        superexec = json.loads(docker("inspect", pair.superexec).stdout)[0]
+        assert not superexec["HostConfig"].get("DeviceRequests")
+        assert "NVIDIA_VISIBLE_DEVICES=void" in superexec["Config"]["Env"]
+        assert superexec["Args"] == ["--runtime-api-address", "127.0.0.1:39108", "--insecure"]
+    finally:
+        for name in (pair.supernode, pair.superexec):
+            docker("rm", "-f", name, check=False)
