@@ -372,12 +372,15 @@ class _Run:
             raise _Pending(f"SuperLink VM {self.superlink_vm} has not published FL_ENDPOINT")
 
     def _nic_address(self, why: str) -> None:
-        release = flower.release_for(self.config.flower_version)
+        version = self.config.flower_version
+        published = self.superlink.get("FL_VERSION", "").strip()
+        if not self.config.flower_version_set and flower.release_for(published) is not None:
+            version = published  # the version this node pairs with (agent/pairing.py)
+        release = flower.release_for(version)
         port = release.fleet_port if release else flower.RELEASES[-1].fleet_port
         host = f"[{self.superlink_ip}]" if ":" in (self.superlink_ip or "") else self.superlink_ip
         self.notes.append(
-            f"{why}: using its first NIC IP with Flower {self.config.flower_version}'s "
-            f"fleet port {port}"
+            f"{why}: using its first NIC IP with Flower {version}'s fleet port {port}"
         )
         self._found_address(f"{host}:{port}", f"NIC of SuperLink VM {self.superlink_vm}")
 
