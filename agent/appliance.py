@@ -22,7 +22,7 @@ READY_MARKER = "All set and ready to serve 8)"
 _HELP = (
     ("status", "fl-agent status"),
     ("agent log", "journalctl -u fl-agent"),
-    ("node log", f"docker logs {CONTAINER_NAME}"),
+    ("node log", "docker logs {supernode}"),
     ("validate", "fl-agent validate"),
 )
 
@@ -35,9 +35,10 @@ def render_service_report(outcome: dict) -> str:
     state = outcome.get("state", "UNKNOWN")
     running = state in READY
     problems = outcome.get("problems") or []
+    names = _container_names(plan)
     service = [
         ("state", state),
-        ("runs", f"container {CONTAINER_NAME}" if running else "nothing"),
+        ("runs", f"container {' and '.join(names)}" if running else "nothing"),
         ("container id", (container.get("container_id") or "")[:12] if running else ""),
         ("image", spec.get("image", "")),
         ("flower version", outcome.get("flower_version", "")),
@@ -50,7 +51,8 @@ def render_service_report(outcome: dict) -> str:
     sections = [_section("Flower SuperNode", service)]
     if problems:
         sections.append(_section("Problems", [_problem_line(i, p) for i, p in enumerate(problems)]))
-    sections.append(_section("Help", _HELP))
+    help_rows = [(k, v.format(supernode=names[0])) for k, v in _HELP]
+    sections.append(_section("Help", help_rows))
     return "\n".join(sections)
 
 
@@ -76,6 +78,13 @@ def mark_ready(root: Root) -> None:
 
 def clear_ready(root: Root) -> None:
     write_atomic(root.path(MOTD), render_motd(False), mode=0o644)
+
+
+def _container_names(plan: dict) -> list[str]:
+    """The SuperNode's container name first, then its SuperExec's (FL_ISOLATION=process)."""
+    spec, companion = plan.get("spec") or {}, plan.get("companion") or {}
+    names = [companion.get("name"), spec.get("name")] if companion else [spec.get("name")]
+    return [n for n in names if n] or [CONTAINER_NAME]
 
 
 def _section(title: str, rows: Sequence[tuple[str, str]]) -> str:

@@ -22,6 +22,7 @@ container, no toolkit repair; its plan changes the GPU mode only on a confirmed 
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ from agent.config import Config
 from agent.container_resources import mem_total
 from agent.context import Platform
 from agent.errors import AgentError, Problem
+from agent.instance import Instance
 from agent.outcome import TERMINAL, BootState, ExitCode, Mode, Verdict, problem
 from agent.paths import Root
 from agent.plan import (
@@ -108,6 +110,13 @@ class Facts:
     pin_path: str = ""  # where the pin goes under the root
     periodic: bool = False  # a re-convergence by the timer (BootOptions.periodic)
     superlink: SuperlinkInputs | None = None  # FL_ROLE=superlink: agent/superlink_boot.py
+    instance: Instance = field(
+        default_factory=Instance
+    )  # this agent's container names and local port
+    node_key_dir: str | None = None  # under the root, when SuperNode authentication applies
+    leftover_superexec: bool = False  # a SuperExec of this agent exists (isolation changed)
+    warnings: tuple[Problem, ...] = ()  # problems that do not stop the node (version pairing)
+    node_public_key: str | None = None  # apply: the node key's public half, to publish
 
 
 def boot(
@@ -226,6 +235,7 @@ class Session:
             discovery=facts.discovery.to_dict() if facts.discovery else None,
             container=ending.container.to_dict() if ending.container else None,
             superlink=ending.superlink,
+            companion=ending.companion.to_dict() if ending.companion else None,
         )
         return Outcome(record, plan)
 
@@ -240,6 +250,7 @@ class Ending:
     container: ConvergeResult | None = None
     attributes: dict[str, str] | None = None  # the facts for OneGate (None: the GPU facts)
     superlink: dict | None = None  # the superlink role's part of the record
+    companion: ConvergeResult | None = None  # FL_ISOLATION=process: the SuperNode's converge
 
 
 # --------------------------------------------------------------------------- observe
@@ -267,7 +278,7 @@ def _observe_steps(facts: Facts) -> tuple[Callable[[Session, Facts], Facts], ...
         from agent import superlink_boot
 
         return (_observe_engine, superlink_boot.observe)
-    return (_observe_engine, _observe_discovery, _observe_node)
+    return (_observe_engine, _observe_discovery, _observe_pairing, _observe_node)
 
 
 def _observe_inputs(session: Session, context_file: Path | None) -> Facts:
@@ -313,11 +324,36 @@ def _observe_discovery(session: Session, facts: Facts) -> Facts:
     )
 
 
+def _observe_pairing(session: Session, facts: Facts) -> Facts:
+    """The Flower version against the one the SuperLink publishes (agent/pairing.py decides);
+    the local fl-agent/supernode tags are listed only when the decision needs them."""
+    from agent import flower, pairing
+
+    config = facts.config
+    assert config is not None
+    published = facts.discovery.superlink_version if facts.discovery else None
+    tags: tuple[str, ...] = ()
+    needs_tags = published is not None and not (
+        config.flower_version_set or config.supernode_image_set
+    )
+    if needs_tags and session.engine is not None:
+        tags = session.timed("image_tags", session.engine.image_tags, flower.IMAGE_REPOSITORY)
+    paired = pairing.pair(config, published, tags)
+    if paired.blocking is not None:
+        return replace(facts, blocking=(paired.blocking,))
+    warnings = facts.warnings + ((paired.warning,) if paired.warning else ())
+    return replace(facts, config=paired.config, warnings=warnings)
+
+
 def _observe_node(session: Session, facts: Facts) -> Facts:
     """The image, the data directory and (unless FL_GPU_ENABLED=NO) the GPU and toolkit."""
     config = facts.config
     assert config is not None
     session.progress.report(BootState.VALIDATING)
+    try:
+        facts = _observe_instance(session, facts)
+    except AgentError as exc:
+        return replace(facts, blocking=exc.problems)
     try:
         image = session.timed("image", _image, session, config.supernode_image)
     except AgentError as exc:
@@ -342,6 +378,36 @@ def _observe_node(session: Session, facts: Facts) -> Facts:
         data_dir_exists=data_dir.is_dir(),
         memory_bytes=mem_total(session.root),
     )
+
+
+def _observe_instance(session: Session, facts: Facts) -> Facts:
+    """This agent's instance (names, port), its node key directory, a SuperExec left over."""
+    from agent import instance, nodeauth
+
+    config = facts.config
+    assert config is not None
+    try:
+        which = instance.current()
+    except ValueError as exc:
+        raise AgentError(Problem("invalid_value", instance.ENV, str(exc), "unset it")) from None
+    key_dir = str(nodeauth.node_key_dir(session.root)) if config.uses_node_key else None
+    leftover = False
+    if config.isolation != "process" and session.engine is not None:
+        leftover = _managed(session.engine, which.superexec)
+    return replace(facts, instance=which, node_key_dir=key_dir, leftover_superexec=leftover)
+
+
+def _managed(engine: Engine, name: str) -> bool:
+    """A container of that name carries the agent's label."""
+    from agent.engine import EngineError
+    from agent.plan import LABEL_MANAGED
+
+    try:
+        attrs = engine.inspect(name)
+    except EngineError as exc:
+        raise AgentError(problem("docker_unavailable", "docker", exc.message[:200])) from None
+    labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_MANAGED) == "true"
 
 
 def _observe_established(session: Session, facts: Facts) -> Facts:
@@ -459,8 +525,11 @@ def plan_boot(facts: Facts, report: ValidationReport | None) -> Plan:
 def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -> PlanInputs:
     config = facts.config
     assert config is not None
+    from agent import nodefacts
+
     found = facts.discovery
     ca_pem = found.ca_pem if found else None
+    validation = report.to_dict() if report else facts.last_validation
     return PlanInputs(
         gpu=report.gpu if report else GpuVerdict(Verdict.CPU_ONLY),
         superlink=found.superlink_address if found else None,
@@ -477,6 +546,10 @@ def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -
         gpu_present=bool(facts.observed and facts.observed.gpu and facts.observed.gpu.present),
         periodic=facts.periodic,
         established=facts.established,
+        node_key_dir=facts.node_key_dir,
+        node_facts=nodefacts.from_validation(validation) if config.node_facts else None,
+        instance=facts.instance,
+        leftover_superexec=facts.leftover_superexec,
         **changes,
     )
 
@@ -499,12 +572,33 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
         ending = Ending(BootState.FAILED, (*plan.problems, failed))
         return _record(session, plan, facts, report, ending)
     linked = _dev_char_links(session, plan, facts)
-    session.progress.report(BootState.STARTING)
-    result = session.timed("converge", _converge, session, plan)
+    facts, failed = _node_key(session, plan, facts)
+    if failed is not None:
+        return _record(
+            session, plan, facts, report, Ending(BootState.FAILED, (*plan.problems, failed))
+        )
+    linked += _remove_leftover(session, plan)
+    session.progress.report(BootState.STARTING, facts=_key_attributes(facts))
+    companion = None
+    if plan.companion is not None:
+        companion = session.timed("converge_companion", _converge, session, plan.companion, None)
+        if not companion.running:
+            ending = Ending(
+                BootState.FAILED, plan.problems + companion.problems, companion=companion
+            )
+            return _record(session, plan, facts, report, ending)
+    result = session.timed("converge", _converge, session, plan.spec, plan.fallback)
+    if result.running and result.gpu_start_error and plan.companion_fallback is not None:
+        fallback = plan.companion_fallback  # the SuperNode's node config says CPU now
+        companion = session.timed("converge_companion", _converge, session, fallback, None)
+        if not companion.running:
+            result = replace(result, problems=companion.problems)
     if not result.running:
-        ending = Ending(BootState.FAILED, plan.problems + result.problems, container=result)
+        problems = plan.problems + result.problems
+        ending = Ending(BootState.FAILED, problems, container=result, companion=companion)
         return _record(session, plan, facts, report, ending)
     problems = plan.problems + linked + (facts.discovery.warnings if facts.discovery else ())
+    problems += facts.warnings
     if result.gpu_start_error:
         refusal = f"running on CPU: {result.gpu_start_error[:200]}"
         problems += (problem("gpu_start_failed", plan.spec.name, refusal),)
@@ -516,7 +610,8 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     degraded = plan.degraded or result.gpu_start_error is not None
     state = BootState.DEGRADED if degraded else BootState.RUNNING
     mode = result.spec.mode if result.spec else plan.mode
-    return _record(session, plan, facts, report, Ending(state, problems, mode, result))
+    ending = Ending(state, problems, mode, result, companion)
+    return _record(session, plan, facts, report, ending)
 
 
 def _prepare(
@@ -614,14 +709,64 @@ def _prepare_data_dir(path: Path) -> None:
     path.chmod(0o755)  # mkdir's mode went through the umask
 
 
-def _converge(session: Session, plan: Plan) -> ConvergeResult:
+def _node_key(session: Session, plan: Plan, facts: Facts) -> tuple[Facts, Problem | None]:
+    """The node's key pair (agent/nodeauth.py), readable by the container's user; the public
+    half goes into the facts, for OneGate. The private key is never read here again."""
+    if not plan.has(ActionKind.NODE_KEY) or facts.node_key_dir is None:
+        return facts, None
+    from agent.nodeauth import ensure_node_key
+
+    assert plan.spec is not None
+    supernode = plan.companion or plan.spec
+    owner = _owner(supernode.user, facts.image.user if facts.image else None)
+    directory = Path(facts.node_key_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)  # the agent's own directory; the container's user enters it
+        key = session.timed("node_key", ensure_node_key, directory, owner)
+        if (key.private_key.stat().st_uid, key.private_key.stat().st_gid) != owner:
+            os.chown(key.private_key, *owner)  # the image's user changed since it was made
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "strerror", None) or type(exc).__name__)
+        return facts, problem("node_key_failed", facts.node_key_dir, reason)
+    return replace(facts, node_public_key=key.public_openssh), None
+
+
+def _owner(user: str | None, image_user: str | None) -> tuple[int, int]:
+    """The uid and gid the container runs as: the spec's user, else the image's own (the plan
+    keeps it only when numeric and not root: agent/plan.py numeric_non_root)."""
+    uid, _, gid = (user or image_user or "").partition(":")
+    return int(uid), int(gid or uid)
+
+
+def _key_attributes(facts: Facts) -> dict[str, str]:
+    from agent.nodeauth import PUBLIC_KEY_ATTRIBUTE
+
+    return {PUBLIC_KEY_ATTRIBUTE: facts.node_public_key} if facts.node_public_key else {}
+
+
+def _remove_leftover(session: Session, plan: Plan) -> tuple[Problem, ...]:
+    """The SuperExec of an earlier FL_ISOLATION=process, now that the SuperNode runs alone."""
+    from agent.engine import EngineError
+
+    action = next((a for a in plan.actions if a.kind == ActionKind.REMOVE_CONTAINER), None)
+    if action is None or session.engine is None:
+        return ()
+    try:
+        session.engine.remove(action.target)
+    except EngineError as exc:
+        return (problem("container_start_failed", action.target, exc.message[:200]),)
+    return ()
+
+
+def _converge(session: Session, spec, fallback) -> ConvergeResult:
     from agent import engine
 
-    assert plan.spec is not None and session.engine is not None
+    assert spec is not None and session.engine is not None
     return engine.converge(
         session.engine,
-        plan.spec,
-        fallback=plan.fallback,
+        spec,
+        fallback=fallback,
         stability_s=session.options.stability_s,
         reconnect_s=session.options.docker_timeout_s,
         repairs=_gpu_repairs(session),
@@ -655,6 +800,7 @@ def _record(
         attrs = ending.attributes
     elif facts.established is not None:  # nothing re-read: the boot's GPU facts stay as sent
         attrs = {"FL_GPU_MODE": attrs["FL_GPU_MODE"]}
+    attrs |= _key_attributes(facts)
     session.progress.report(state, facts=attrs, error=error, ready=state in READY)
     record = replace(record, last_reported_state=session.progress.last)
     failed = write_state(session.root, record.to_dict())

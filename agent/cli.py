@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -201,6 +202,8 @@ def _status_text(data: dict) -> str:
         text += "".join(f"  {k}={v}\n" for k, v in (watch.get("attributes") or {}).items())
         if watch.get("supernode_evidence"):
             text += f"  supernode log: {watch['supernode_evidence']}\n"
+        hint = _status_hint((watch.get("attributes") or {}).get("FL_SUPERNODE_STATUS"))
+        text += f"  fix: {hint}\n" if hint else ""
         if watch.get("gpu_loss"):
             loss = watch["gpu_loss"]
             text += (
@@ -214,6 +217,14 @@ def _status_text(data: dict) -> str:
         rows.update(remote.get("attributes", {}))
         text += "OneGate:\n" + "".join(f"  {k}={v}\n" for k, v in rows.items())
     return text
+
+
+def _status_hint(status: str | None) -> str | None:
+    """What to do about a SuperNode status that names its cause."""
+    from agent.outcome import PROBLEMS
+
+    causes = {"AUTH_REJECTED": "node_auth_rejected", "VERSION_MISMATCH": "version_mismatch"}
+    return PROBLEMS[causes[status]][1] if status in causes else None
 
 
 # --- watch ---
@@ -402,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    parser.add_argument(
+        "--instance",
+        metavar="N",
+        help="only for several SuperNode agents on one Docker engine (tests, a demo), each "
+        "with its own --root: containers flower-supernode-N / flower-superexec-N and a local "
+        "API port of their own (default: $FL_AGENT_INSTANCE, unset on an appliance)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def context_file(p: argparse.ArgumentParser) -> None:
@@ -514,7 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from agent import log
+    from agent import instance, log
+
+    if args.instance is not None:
+        os.environ[instance.ENV] = args.instance
+    try:
+        instance.current()
+    except ValueError as exc:
+        print(f"fl-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
 
     log.configure(args.log_level)
     return int(args.func(args))

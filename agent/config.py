@@ -139,6 +139,8 @@ class Config:
     node_config: str | None = None  # None: partition id from OneGate
     flower_version: str = flower.DEFAULT_FLOWER_VERSION
     supernode_image: str = flower.default_image(flower.DEFAULT_FLOWER_VERSION)
+    flower_version_set: bool = False  # FLOWER_VERSION given: never paired with the SuperLink's
+    supernode_image_set: bool = False  # FL_SUPERNODE_IMAGE given: the operator chose the image
     isolation: str = "subprocess"
     log_level: str = "INFO"
     max_retries: int = 0
@@ -148,12 +150,19 @@ class Config:
     ssl_cert: str | None = None  # superlink role: the operator's server certificate (PEM)
     ssl_key: Secret | None = None  # superlink role: its private key (PEM); never shown
     node_auth: bool = True  # SuperNode authentication (needs TLS): keys, registration
+    node_facts: bool = True  # FL_NODE_FACTS: the GPU facts in the SuperNode's --node-config
     toolkit_install: str = "AUTO"  # AUTO | NEVER
     data_dir: str = DEFAULT_DATA_DIR
 
     @property
     def wants_gpu(self) -> bool:
         return self.gpu_enabled != "NO"
+
+    @property
+    def uses_node_key(self) -> bool:
+        """SuperNode authentication applies: TLS on (Flower refuses it without) and
+        FL_NODE_AUTH=YES."""
+        return self.role == "supernode" and self.tls_enabled and self.node_auth
 
     @property
     def image_reference(self) -> ImageReference:
@@ -257,6 +266,8 @@ def build_config(
         "node_config": _node_config(r),
         "flower_version": version,
         "supernode_image": _image(r, version),
+        "flower_version_set": r.get("FLOWER_VERSION") is not None,
+        "supernode_image_set": r.get("FL_SUPERNODE_IMAGE") is not None,
         "isolation": _isolation(r),
         "log_level": r.choice("FL_LOG_LEVEL", LOG_LEVELS, "INFO"),
         "max_retries": r.integer("FL_MAX_RETRIES"),
@@ -266,6 +277,7 @@ def build_config(
         "ssl_cert": _server_cert(r),
         "ssl_key": _server_key(r),
         "node_auth": r.yes_no("FL_NODE_AUTH", True),
+        "node_facts": r.yes_no("FL_NODE_FACTS", True),
         "toolkit_install": r.choice("FL_TOOLKIT_INSTALL", ("AUTO", "NEVER"), "AUTO"),
         "data_dir": _data_dir(r),
     }
@@ -426,10 +438,7 @@ def validate_node_config(text: str) -> str | None:
         return "it starts with '-' (Flower would read it as a command-line flag)"
     if text.endswith(".toml"):
         return "it ends in '.toml' (Flower would open it as a file)"
-    pairs, pos = [], 0
-    while (match := _NODE_CONFIG_AT.match(text, pos)) is not None:
-        pairs.append(match.groups())
-        pos = match.end()
+    pairs, pos = _scan_pairs(text)
     leftover = text[pos:].strip()
     if leftover or not pairs:
         shown = (leftover or text)[:40]
@@ -444,6 +453,19 @@ def validate_node_config(text: str) -> str | None:
     except tomllib.TOMLDecodeError as exc:
         return f"a value is not TOML ({exc}); quote strings, write true/false in lower case"
     return None
+
+
+def node_config_pairs(text: str) -> list[tuple[str, str]]:
+    """The leading key=value pairs of a node config, as Flower's reader splits them."""
+    return _scan_pairs(text)[0]
+
+
+def _scan_pairs(text: str) -> tuple[list[tuple[str, str]], int]:
+    pairs, pos = [], 0
+    while (match := _NODE_CONFIG_AT.match(text, pos)) is not None:
+        pairs.append((match[1], match[2]))
+        pos = match.end()
+    return pairs, pos
 
 
 def _node_config(r: _Reader) -> str | None:

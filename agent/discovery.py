@@ -56,6 +56,9 @@ class Discovery:
     """Problems that do not stop the node (a pinned value kept against OneGate's)."""
     learned: Pin | None = None
     """The identity OneGate gave this run, before any pin was applied (what `pin_update` pins)."""
+    superlink_version: str | None = None
+    """FL_VERSION as the SuperLink VM publishes it, raw and untrusted (agent/pairing.py checks
+    it); None when it publishes none or was not read."""
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class Discovery:
             "problems": [p.to_dict() for p in self.problems],
             "warnings": [p.to_dict() for p in self.warnings],
             "learned": self.learned.to_dict() if self.learned else None,
+            "superlink_version": self.superlink_version,
         }
 
 
@@ -272,6 +276,7 @@ class _Run:
             Pin(self.learned_address, self.learned_ca)
             if self.learned_address or self.learned_ca
             else None,
+            self.superlink.get("FL_VERSION", "").strip()[:64] or None,
         )
 
     @property
@@ -311,6 +316,8 @@ class _Run:
             self.address is None or self.wants_ca or self.address_pinned
         ):
             self._read_superlink(service)
+        elif SUPERLINK_ROLE in service.roles and self.superlink_vm is None:
+            self._read_superlink_version(service)
         if self.address is None:
             try:
                 self._superlink_address(service)
@@ -336,6 +343,13 @@ class _Run:
         self._take_template(template)
         self.superlink_ip = _first_ip((vm.get("TEMPLATE") or {}).get("NIC"))
 
+    def _read_superlink_version(self, service: _Service) -> None:
+        """Only its FL_VERSION is wanted (version pairing): one try, never waited for."""
+        try:
+            self._read_superlink(service)
+        except AgentError as exc:
+            self.notes.append(f"the SuperLink VM's FL_VERSION was not read: {exc.first.message}")
+
     def _superlink_address(self, service: _Service) -> None:
         if SUPERLINK_ROLE not in service.roles:
             roles = ", ".join(sorted(service.roles)) or "none"
@@ -358,12 +372,15 @@ class _Run:
             raise _Pending(f"SuperLink VM {self.superlink_vm} has not published FL_ENDPOINT")
 
     def _nic_address(self, why: str) -> None:
-        release = flower.release_for(self.config.flower_version)
+        version = self.config.flower_version
+        published = self.superlink.get("FL_VERSION", "").strip()
+        if not self.config.flower_version_set and flower.release_for(published) is not None:
+            version = published  # the version this node pairs with (agent/pairing.py)
+        release = flower.release_for(version)
         port = release.fleet_port if release else flower.RELEASES[-1].fleet_port
         host = f"[{self.superlink_ip}]" if ":" in (self.superlink_ip or "") else self.superlink_ip
         self.notes.append(
-            f"{why}: using its first NIC IP with Flower {self.config.flower_version}'s "
-            f"fleet port {port}"
+            f"{why}: using its first NIC IP with Flower {version}'s fleet port {port}"
         )
         self._found_address(f"{host}:{port}", f"NIC of SuperLink VM {self.superlink_vm}")
 

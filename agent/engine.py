@@ -47,6 +47,7 @@ from agent.gpu.refusals import (
 )
 from agent.outcome import ConvergeAction, Mode, problem
 from agent.plan import LABEL_HASH, ContainerSpec, ImageFacts
+from agent.supernode_status import SupernodeStatus, classify
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 REPAIR_TIMEOUT_S = 120
@@ -336,6 +337,17 @@ class Engine:
             query["timestamps"] = 1
         with self._open("GET", f"/containers/{_q(container_id)}/logs", query=query) as response:
             return _demultiplex(response.read())
+
+    def image_tags(self, repository: str) -> tuple[str, ...]:
+        """The tags of the local images of `repository` (`fl-agent/supernode`: 1.42.0, ...)."""
+        query = {"filters": json.dumps({"reference": [repository]})}
+        tags = []
+        for image in self._call("GET", "/images/json", query=query) or ():
+            for ref in (image.get("RepoTags") or ()) if isinstance(image, dict) else ():
+                name, _, tag = str(ref).rpartition(":")
+                if name == repository and tag:
+                    tags.append(tag)
+        return tuple(sorted(set(tags)))
 
     def containers(self, label: str) -> list[str]:
         """The ids of every container (running or not) with this label (`key` or `key=value`)."""
@@ -655,13 +667,17 @@ def _settle(engine, container_id, spec, action, restarts, stability_s, sleep) ->
     ):
         return ConvergeResult(action, container_id, spec)
     tail = tuple(engine.logs(container_id, tail=20).splitlines())
+    detail = f"exit code {state.get('ExitCode')}, restarts {attrs.get('RestartCount')}"
+    if classify(list(tail)).status is SupernodeStatus.AUTH_REJECTED:
+        # Left to its restart policy: it joins on its own once the SuperLink registers its key.
+        refused = problem("node_auth_rejected", spec.name, detail)
+        return ConvergeResult(action, container_id, spec, problems=(refused,), log_tail=tail)
     engine.stop(container_id)
     name = (
         "version_mismatch"
         if any(m in line for line in tail for m in VERSION_MISMATCH_LINES)
         else "supernode_crash_loop"
     )
-    detail = f"exit code {state.get('ExitCode')}, restarts {attrs.get('RestartCount')}"
     return ConvergeResult(
         action, None, spec, problems=(problem(name, spec.name, detail),), log_tail=tail
     )

@@ -116,6 +116,29 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "run `fl-agent validate` for the failing stage",
     ),
     "validation_error": ("a validation stage crashed", "report a bug"),
+    "flower_version_unpaired": (
+        "no image of the Flower version the SuperLink runs",
+        "set FLOWER_VERSION (and FL_SUPERNODE_IMAGE), or load a fl-agent/supernode image of the "
+        "SuperLink's major.minor",
+    ),
+    "flower_version_mismatch": (
+        "the SuperNode's Flower major.minor differs from the one its SuperLink publishes",
+        "set FLOWER_VERSION to the SuperLink's major.minor, or unset it to pair automatically",
+    ),
+    "superlink_version_invalid": (
+        "the SuperLink VM publishes an FL_VERSION that is not X.Y.Z: ignored",
+        "check the SuperLink VM (its agent publishes X.Y.Z); the node runs its own version",
+    ),
+    "node_key_failed": (
+        "the node's authentication key could not be created or read",
+        "check /var/lib/fl-agent/node-key (a writable directory with free space)",
+    ),
+    "node_auth_rejected": (
+        "the SuperLink refused this SuperNode: its public key is not registered",
+        "in a OneFlow service the SuperLink registers its SuperNode role's keys (published as "
+        "FL_NODE_PUBLIC_KEY) and the node joins on its own once registered; outside a service "
+        "register the key in /var/lib/fl-agent/node-key/node.pub with `flwr supernode register`",
+    ),
     # the watch (each retried at its next tick)
     "nvml_unreadable": (
         "NVML could not be read",

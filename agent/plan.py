@@ -8,6 +8,13 @@ what works, the engine falls back to the plan's CPU spec when it refuses the GPU
 When the GPU path waits for an action (the toolkit install, the image pull) the plan runs that
 action first and resumes the validation from the stage that waits (`Plan.resume_from`):
 the GPU spec then runs when the resumed validation passes, else its CPU fallback.
+
+`Plan.spec` is always the container that holds the GPUs (or would): the SuperNode, or with
+FL_ISOLATION=process its ClientApp SuperExec (`flower-superexec`, the same image, so the same
+Flower version: the same-major.minor rule of 1.30 on holds by construction). The SuperNode of
+such a pair is `Plan.companion`: no GPUs, converged first; `companion_fallback` is the same
+SuperNode with the CPU facts in its node config, for when the SuperExec falls back to CPU.
+The pair's mode is the SuperExec's.
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
-from agent import __version__, flower
+from agent import __version__, flower, nodefacts
 from agent.config import Config
 from agent.container_resources import ContainerResources, container_resources
 from agent.errors import Problem
+from agent.instance import SUPERNODE, Instance
 from agent.outcome import BootState, Mode, Verdict, problem
 
-CONTAINER_NAME = "flower-supernode"
+CONTAINER_NAME = SUPERNODE
+"""The SuperNode container of the appliance's single agent (agent/instance.py names others)."""
 CONTAINER_USER = "49999:49999"
 FALLBACK_HOME = "/home/flwr"
 """HOME for an image that names no user: a tmpfs owned by 49999, since the image's own HOME
 (root's) is not writable by it."""
 DATA_MOUNT = "/app/data"
 CA_MOUNT = "/app/tls/ca.pem"
+NODE_KEY_MOUNT = "/app/node-key"
+"""The node key directory (agent/nodeauth.py) as the SuperNode sees it, read-only."""
+NODE_KEY_FILE = "node.key"
+SUPEREXEC_ENTRYPOINT = ("flower-superexec",)
 RESTART_POLICY = "unless-stopped"
 LABEL_MANAGED = "fl-agent.managed"
 LABEL_HASH = "fl-agent.spec-hash"
@@ -70,6 +83,8 @@ class ActionKind(StrEnum):
     WRITE_CA = "write_ca"
     PREPARE_DATA_DIR = "prepare_data_dir"  # created when absent; never chmod-ed otherwise
     DEV_CHAR_LINKS = "dev_char_links"  # /dev/char links of the NVIDIA nodes (boot, GPU present)
+    NODE_KEY = "node_key"  # the node's key pair (created once, kept); its public key published
+    REMOVE_CONTAINER = "remove_container"  # a SuperExec left from FL_ISOLATION=process
     CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
     WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
     ENSURE_TLS = "ensure_tls"  # superlink role: its CA and server certificate (or the operator's)
@@ -155,6 +170,8 @@ class Plan:
     problems: tuple[Problem, ...] = field(default=())
     actions: tuple[Action, ...] = ()
     resume_from: str | None = None  # the validation stage that runs again after an action
+    companion: ContainerSpec | None = None  # FL_ISOLATION=process: the SuperNode (no GPUs)
+    companion_fallback: ContainerSpec | None = None  # that SuperNode once the SuperExec is CPU
 
     @classmethod
     def nothing(cls, problems: tuple[Problem, ...]) -> Plan:
@@ -184,6 +201,16 @@ class Plan:
             "problems": [p.to_dict() for p in self.problems],
             "actions": [a.to_dict() for a in self.actions],
             "resume_from": self.resume_from,
+        } | self._companions()
+
+    def _companions(self) -> dict:
+        """Only for a pair: a plan without one reads as before."""
+        if self.companion is None:
+            return {}
+        fallback = self.companion_fallback
+        return {
+            "companion": self.companion.to_dict(),
+            "companion_fallback": fallback.to_dict() if fallback else None,
         }
 
 
@@ -231,6 +258,10 @@ class PlanInputs:
     gpu_present: bool = False  # an NVIDIA GPU on the PCI bus (its /dev/char links are made)
     periodic: bool = False  # a re-convergence after boot: no toolkit repair, no /dev/char links
     established: Established | None = None  # set when periodic: the last boot's mode
+    node_key_dir: str | None = None  # the node key directory under the root (SuperNode auth)
+    node_facts: nodefacts.GpuNodeFacts | None = None  # None: FL_NODE_FACTS=NO
+    instance: Instance = field(default_factory=Instance)  # container names, local API port
+    leftover_superexec: bool = False  # a SuperExec of this agent exists (inspected by observe)
 
 
 def make_plan(config: Config, inputs: PlanInputs) -> Plan:
@@ -264,16 +295,22 @@ def make_plan(config: Config, inputs: PlanInputs) -> Plan:
         fallback = None if config.gpu_required else _spec(config, inputs, False)
         why = f"GPU once the {resume} stage passes after the {_WAITS[resume]}"
         decided = Plan(Mode.GPU, why, False, gpu, fallback)
-    return Plan(
-        decided.mode,
-        decided.reason,
-        decided.degraded,
-        decided.spec,
-        decided.fallback,
-        decided.problems,
-        _actions(config, inputs, decided, resume, validation) + record,
-        resume,
+    decided = _paired(config, inputs, decided)
+    return replace(
+        decided,
+        actions=_actions(config, inputs, decided, resume, validation) + record,
+        resume_from=resume,
     )
+
+
+def _paired(config: Config, inputs: PlanInputs, plan: Plan) -> Plan:
+    """With FL_ISOLATION=process: the SuperNode companion of the SuperExec the plan runs."""
+    if config.isolation != "process" or plan.spec is None:
+        return plan
+    gpu = plan.spec.mode == Mode.GPU
+    fallback = _supernode(config, inputs, False, False) if gpu and plan.fallback else None
+    companion = _supernode(config, inputs, gpu, False)
+    return replace(plan, companion=companion, companion_fallback=fallback)
 
 
 _WAITS = {"toolkit": "toolkit install", "container": "image pull"}
@@ -331,28 +368,73 @@ def _actions(
         actions.append(Action(ActionKind.PREPARE_DATA_DIR, inputs.data_dir_host))
     if inputs.gpu_present and not inputs.periodic:
         actions.append(Action(ActionKind.DEV_CHAR_LINKS, "/dev/char"))
+    if _uses_node_key(config, inputs):
+        actions.append(Action(ActionKind.NODE_KEY, inputs.node_key_dir or ""))
+    if inputs.leftover_superexec and plan.companion is None:
+        actions.append(Action(ActionKind.REMOVE_CONTAINER, inputs.instance.superexec))
+    if plan.companion is not None:
+        actions.append(Action(ActionKind.CONVERGE, plan.companion.name))
     actions.append(Action(ActionKind.CONVERGE, plan.spec.name))
     if inputs.pin_path:
         actions.append(Action(ActionKind.WRITE_PIN, inputs.pin_path))
     return tuple(actions)
 
 
+def _uses_node_key(config: Config, inputs: PlanInputs) -> bool:
+    return config.uses_node_key and bool(inputs.node_key_dir)
+
+
 def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
+    """The container that holds the GPUs (GPU spec) or would (its CPU fallback)."""
+    if config.isolation != "process":
+        return _supernode(config, inputs, gpu, True)
+    command = flower.superexec_args(
+        version=config.flower_version, runtime_address=inputs.instance.local_api_address
+    )
+    data = Bind(inputs.data_dir_host, DATA_MOUNT, "ro")
+    return replace(
+        _container(config, inputs, gpu, tuple(command), (data,)),
+        name=inputs.instance.superexec,
+        entrypoint=SUPEREXEC_ENTRYPOINT,
+    )
+
+
+def _supernode(config: Config, inputs: PlanInputs, gpu: bool, holds_gpu: bool) -> ContainerSpec:
+    """The SuperNode: `gpu` is the node's mode (its node config facts), `holds_gpu` whether
+    it is given the GPUs (not with FL_ISOLATION=process: its SuperExec is)."""
     binds = [Bind(inputs.data_dir_host, DATA_MOUNT, "ro")]
     ca = None
     if config.tls_enabled and inputs.ca_host_path:
         binds.append(Bind(inputs.ca_host_path, CA_MOUNT, "ro"))
         ca = CA_MOUNT
+    key = None
+    if _uses_node_key(config, inputs):
+        binds.append(Bind(inputs.node_key_dir or "", NODE_KEY_MOUNT, "ro"))
+        key = f"{NODE_KEY_MOUNT}/{NODE_KEY_FILE}"
+    node_config = inputs.node_config
+    if inputs.node_facts is not None:
+        facts = nodefacts.node_config_facts(inputs.node_facts, gpu)
+        node_config = nodefacts.merged_node_config(node_config, facts)
     command = flower.supernode_args(
         superlink=inputs.superlink or "",
         insecure=not config.tls_enabled,
         root_certificates=ca,
         isolation=config.isolation,
-        node_config=inputs.node_config,
+        node_config=node_config,
         max_retries=config.max_retries,
         max_wait_time=config.max_wait_time,
         version=config.flower_version,
+        clientappio_address=inputs.instance.local_api_address,
+        auth_private_key=key,
     )
+    spec = _container(config, inputs, gpu and holds_gpu, tuple(command), tuple(binds))
+    return replace(spec, name=inputs.instance.supernode)
+
+
+def _container(
+    config: Config, inputs: PlanInputs, gpu: bool, command: tuple[str, ...], binds: tuple
+) -> ContainerSpec:
+    """The hardened container of the node image, GPU or CPU: environment, user, resources."""
     env = {
         "FLWR_LOG_LEVEL": config.log_level,
         "FLWR_TELEMETRY_ENABLED": "0",
@@ -375,13 +457,13 @@ def _spec(config: Config, inputs: PlanInputs, gpu: bool) -> ContainerSpec:
     use_all = gpu and (inputs.gpu.request_all or not inputs.gpu.uuids)
     return ContainerSpec(
         image=config.supernode_image,
-        command=tuple(command),
+        command=command,
         environment=tuple(sorted(env.items())),
         mode=Mode.GPU if gpu else Mode.CPU,
         runtime=None if gpu else "runc",
         gpu_count=-1 if use_all else None,
         gpu_device_ids=inputs.gpu.uuids if gpu and not use_all else (),
-        binds=tuple(binds),
+        binds=binds,
         user=user,
         resources=container_resources(inputs.memory_bytes) if gpu else None,
         tmpfs=tmpfs,

@@ -42,6 +42,7 @@ class BootRecord:
     discovery: dict[str, Any] | None = None
     container: dict[str, Any] | None = None
     superlink: dict[str, Any] | None = None  # FL_ROLE=superlink: agent/superlink_boot.py
+    companion: dict[str, Any] | None = None  # FL_ISOLATION=process: the SuperNode's converge
     agent_version: str = field(default=__version__)
 
     @property
@@ -67,7 +68,7 @@ class BootRecord:
         }
         if self.dry_run:
             data["dry_run"] = True
-        for name in ("plan", "validation", "discovery", "container", "superlink"):
+        for name in ("plan", "validation", "discovery", "container", "companion", "superlink"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         return data

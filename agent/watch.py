@@ -74,28 +74,41 @@ class Target:
     mode: str  # GPU | CPU | NONE
     expected: tuple[str, ...]  # GPU/MIG UUIDs given to the container (GPU mode)
     spec: dict[str, Any] | None  # the running spec as the plan recorded it
+    log_name: str = ""  # the SuperNode whose log says its status ("": `name` itself)
 
 
 def target_from_record(record: dict | None) -> Target | None:
-    """The running container and its GPUs from the boot record; None when nothing runs."""
-    container = (record or {}).get("container") or {}
-    if not container.get("container_id"):
-        return None
+    """The running container and its GPUs from the boot record; None when nothing runs.
+
+    The target is the container that holds the GPUs: the SuperNode, or with
+    FL_ISOLATION=process its SuperExec; the status is read from the SuperNode's log then."""
+    record = record or {}
     plan = record.get("plan") or {}
-    spec = next(
-        (
-            s
-            for s in (plan.get("spec"), plan.get("fallback"))
-            if s and s.get("spec_hash") == container.get("spec_hash")
-        ),
-        None,
-    )
+    container = record.get("container") or {}
+    companion = record.get("companion") or {}
+    pair = ("companion", "companion_fallback")
+    if not container.get("container_id"):
+        if not companion.get("container_id"):
+            return None
+        alone = _recorded_spec(plan, pair, companion)  # the pair's SuperExec never started
+        name = (alone or {}).get("name") or companion["container_id"]
+        return Target(name, companion["container_id"], "NONE", (), alone)
+    spec = _recorded_spec(plan, ("spec", "fallback"), container)
     mode = str(container.get("mode") or "NONE")
     expected: tuple[str, ...] = ()
     if mode == "GPU":
         expected = tuple((spec or {}).get("gpu_device_ids") or ()) or inventory(record)
     name = (spec or {}).get("name") or container["container_id"]
-    return Target(name, container["container_id"], mode, expected, spec)
+    supernode = _recorded_spec(plan, pair, companion)
+    log_name = (supernode or {}).get("name") or ""
+    return Target(name, container["container_id"], mode, expected, spec, log_name)
+
+
+def _recorded_spec(plan: dict, keys: tuple[str, ...], container: dict) -> dict | None:
+    """The plan's spec (of `keys`) that the converged `container` runs, by its hash."""
+    specs = (plan.get(k) for k in keys)
+    wanted = container.get("spec_hash")
+    return next((s for s in specs if s and s.get("spec_hash") == wanted), None)
 
 
 # --------------------------------------------------------------------------- the watch's state
@@ -304,6 +317,7 @@ def spec_from_dict(data: dict[str, Any]):
             "tmpfs": tuple(tuple(t) for t in fields["tmpfs"]),
             "cap_drop": tuple(fields["cap_drop"]),
             "security_opt": tuple(fields["security_opt"]),
+            "entrypoint": tuple(fields["entrypoint"]) if fields.get("entrypoint") else None,
         }
     )
     if spec.spec_hash != data.get("spec_hash"):
@@ -478,7 +492,10 @@ class Watch:
 
     def _follow_log(self, docker: Docker, target: Target) -> None:
         """The SuperNode's log lines since the last read, folded into its status."""
-        container_id = docker.running(target.name) or target.container_id
+        if target.log_name:
+            container_id = docker.running(target.log_name) or target.log_name
+        else:
+            container_id = docker.running(target.name) or target.container_id
         state = self.state
         if container_id != state.log_container:  # a new container: a new log
             state = replace(state, log_container=container_id, log_since=None, supernode=LogState())

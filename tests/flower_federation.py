@@ -56,7 +56,9 @@ class Federation:
         """The SuperLink's DNS name on the network, and a SAN of its certificate."""
         return self.name(SUPERLINK)
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, publish: tuple[str, ...] = ()) -> None:
+        """`publish`: `docker run -p` values, for a SuperNode outside the network (one the agent
+        runs on the host network dials 127.0.0.1, a SAN of the certificate)."""
         state = self.workdir / "state"
         state.mkdir(exist_ok=True)
         os.chown(state, *FLOWER_USER)
@@ -82,7 +84,7 @@ class Federation:
             SUPERLINK,
             ["-v", f"{self.tls.directory}:/tls:ro", "-v", f"{state}:/state"],
             ["-v", f"{cli}:/cli:ro", "-v", f"{self.workdir / 'keys'}:/keys:ro"],
-            ["-v", f"{app}:/app-src:ro"],
+            ["-v", f"{app}:/app-src:ro", *(f"-p{p}" for p in publish)],
             ["--entrypoint", "flower-superlink", self.image, *args],
         )
 

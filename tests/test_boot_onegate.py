@@ -85,7 +85,9 @@ def test_discovered_superlink_partition_and_ready_last(
     assert code == 0, record
     command = record["plan"]["spec"]["command"]
     assert command[command.index("--superlink") + 1] == "127.0.0.1:9092"
-    assert "--node-config=partition-id=1 num-partitions=2" in command
+    node_config = next(a for a in command if a.startswith("--node-config="))
+    assert node_config.startswith("--node-config=partition-id=1 num-partitions=2 ")
+    assert 'fl-mode="cpu"' in node_config  # the node's facts (agent/nodefacts.py) after it
     puts = state_puts(onegate)
     assert puts[0]["FL_STATE"] == "BOOTING"
     states = [p["FL_STATE"] for p in puts if "FL_STATE" in p]

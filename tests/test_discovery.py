@@ -361,3 +361,32 @@ def test_a_vm_never_in_its_service_is_not_found_after_the_tries(emulator, tmp_pa
     assert [p.name for p in found.problems] == ["superlink_not_found"]
     assert "does not contain VM" in found.problems[0].message
     assert len(gets(emulator, "/service")) == 3
+
+
+def test_the_superlinks_fl_version_is_read_raw_for_the_pairing(emulator, tmp_path):
+    emulator.set_attributes(
+        SUPERLINK, FL_ENDPOINT="10.0.0.41:9092", FL_CA_CERT=b64(CA), FL_VERSION=" 1.25.0 "
+    )
+    config, reporter = setup(emulator, tmp_path)
+    found = discover(
+        config, reporter, attempts=2, interval_s=0, ca_attempts=1, sleep=lambda s: None
+    )
+    assert found.ok and found.superlink_version == "1.25.0"
+    assert found.to_dict()["superlink_version"] == "1.25.0"
+    emulator.set_attributes(SUPERLINK, FL_VERSION="x" * 5000)
+    hostile = discover(
+        config, reporter, attempts=2, interval_s=0, ca_attempts=1, sleep=lambda s: None
+    )
+    assert len(hostile.superlink_version) == 64  # bounded here, refused by agent/pairing.py
+
+
+def test_the_nic_fallback_uses_the_fleet_port_of_the_version_the_node_pairs_with(
+    emulator, tmp_path
+):
+    emulator.set_attributes(SUPERLINK, FL_READY="YES", FL_TLS="NO", FL_VERSION="1.25.0")
+    config, reporter = setup(emulator, tmp_path, tls_enabled=False)
+    found = discover(config, reporter, attempts=2, interval_s=0, sleep=lambda s: None)
+    assert found.superlink_address == "10.0.0.41:9092"  # 1.25's gRPC fleet, not 1.42's 8000
+    pinned = Config(tls_enabled=False, flower_version_set=True)
+    found = discover(pinned, reporter, attempts=2, interval_s=0, sleep=lambda s: None)
+    assert found.superlink_address == "10.0.0.41:8000"

@@ -59,6 +59,8 @@ ATTRIBUTES: Mapping[str, str] = {
     "FL_VERSION": "superlink role: the Flower version (X.Y.Z) the SuperLink runs",
     "FL_NODES_REGISTERED": "superlink role: how many SuperNode keys of the service are "
     "registered with the SuperLink (sent when it changes)",
+    "FL_NODE_PUBLIC_KEY": "the SuperNode's OpenSSH public key, for its SuperLink to register "
+    "(the private key never leaves the VM)",
     "FL_NODE_READY": "YES with READY (the community appliance's readiness attribute)",
     "READY": "YES once the SuperNode container runs (superlink role: once the SuperLink "
     "container runs and its Fleet API port answers): OneFlow's ready_status_gate",

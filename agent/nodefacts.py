@@ -1,0 +1,98 @@
+"""The node's GPU facts in the SuperNode's --node-config, for a ServerApp strategy to read.
+
+Keys (documented in the README, "GPU facts in the node config"), TOML values:
+
+| key | value |
+|---|---|
+| `fl-mode` | `"gpu"` or `"cpu"`: how the node's ClientApps run |
+| `fl-gpu-count` | GPUs (or MIG devices) given to the node; 0 on CPU |
+| `fl-gpu-model` | the first given GPU's product name (GPU mode only) |
+| `fl-gpu-memory-mib` | the smallest given GPU's (or MIG device's) memory in MiB (GPU mode) |
+| `fl-mig` | true when the node was given MIG devices (GPU mode) |
+| `fl-cuda-version` | the highest CUDA version the driver supports, "12.4" (GPU mode) |
+
+A ServerApp reads them per node: `context.node_config["fl-gpu-count"]` in a ClientApp, or the
+node's config in the strategy's `configure_train` (README). The operator's FL_NODE_CONFIG
+keys win over these; FL_NODE_FACTS=NO leaves them out. The facts come from the boot's
+validation report (its dict form, the same that the state file keeps), so a periodic
+re-convergence, which reads the last boot's report, builds the same node config: the
+container is not replaced for nothing. A MIG profile name (1g.10gb) is not read from NVML
+here: `fl-mig` and the device's memory stand for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import node_config_pairs, validate_node_config
+
+_SAFE_TEXT = re.compile(r"[^A-Za-z0-9 ._()+/-]")
+MAX_TEXT = 64
+"""A product name or version is short; anything longer is cut."""
+
+
+@dataclass(frozen=True)
+class GpuNodeFacts:
+    """What the validation found about the GPUs the node is given (count 0: none)."""
+
+    count: int = 0
+    model: str | None = None
+    memory_mib: int | None = None
+    mig: bool = False
+    cuda_version: str | None = None
+
+
+def from_validation(validation: dict[str, Any] | None) -> GpuNodeFacts:
+    """The facts of the GPUs the validation selected (all it saw when it selected all)."""
+    validation = validation if isinstance(validation, dict) else {}
+    nvml = (validation.get("facts") or {}).get("nvml") or {}
+    gpus = [g for g in nvml.get("gpus") or () if isinstance(g, dict) and g.get("uuid")]
+    if not gpus:
+        return GpuNodeFacts()
+    selected = set(validation.get("selected") or ())
+    migs = [m for g in gpus for m in g.get("mig_devices") or () if m.get("uuid") in selected]
+    chosen = [g for g in gpus if not selected or g["uuid"] in selected] or gpus
+    memories = [m.get("memory_total") for m in migs] or [g.get("memory_total") for g in chosen]
+    known = [m for m in memories if isinstance(m, int) and m > 0]
+    return GpuNodeFacts(
+        count=len(selected) if selected else len(gpus),
+        model=(chosen[0].get("name") if not migs else gpus[0].get("name")) or None,
+        memory_mib=min(known) // 2**20 if known else None,
+        mig=bool(migs),
+        cuda_version=nvml.get("cuda_version") or None,
+    )
+
+
+def node_config_facts(facts: GpuNodeFacts, gpu: bool) -> dict[str, str]:
+    """The keys and their TOML values for a node running in GPU (`gpu`) or CPU mode."""
+    if not gpu:
+        return {"fl-mode": '"cpu"', "fl-gpu-count": "0"}
+    values = {"fl-mode": '"gpu"', "fl-gpu-count": str(facts.count)}
+    if facts.model:
+        values["fl-gpu-model"] = _toml_text(facts.model)
+    if facts.memory_mib is not None:
+        values["fl-gpu-memory-mib"] = str(facts.memory_mib)
+    values["fl-mig"] = "true" if facts.mig else "false"
+    if facts.cuda_version:
+        values["fl-cuda-version"] = _toml_text(facts.cuda_version)
+    return values
+
+
+def _toml_text(text: str) -> str:
+    """A TOML basic string Flower's node-config reader takes whole: it cuts a value at its
+    next `"`, so quotes, backslashes and control characters are dropped, not escaped."""
+    return json.dumps(_SAFE_TEXT.sub("", text)[:MAX_TEXT].strip())
+
+
+def merged_node_config(base: str | None, facts: dict[str, str]) -> str | None:
+    """`base` (the operator's FL_NODE_CONFIG or the discovered partition) with the facts whose
+    keys it does not set; `base` unchanged if the merge would not be a valid node config."""
+    own = {key for key, _ in node_config_pairs(base or "")}
+    added = " ".join(f"{k}={v}" for k, v in facts.items() if k not in own)
+    if not added:
+        return base
+    merged = f"{base} {added}" if base else added
+    return merged if validate_node_config(merged) is None else base
