@@ -69,6 +69,7 @@ class BootOptions:
     ca_interval_s: float = 5.0
     onegate_timeout_s: float = 10.0
     serve_wait_s: float = 60.0  # superlink role: how long its Fleet API port may take to answer
+    registration_wait_s: float = 300.0  # a refused node key: how long to wait for registration
 
 
 @dataclass(frozen=True)
@@ -763,7 +764,7 @@ def _converge(session: Session, spec, fallback) -> ConvergeResult:
     from agent import engine
 
     assert spec is not None and session.engine is not None
-    return engine.converge(
+    result = engine.converge(
         session.engine,
         spec,
         fallback=fallback,
@@ -771,6 +772,8 @@ def _converge(session: Session, spec, fallback) -> ConvergeResult:
         reconnect_s=session.options.docker_timeout_s,
         repairs=_gpu_repairs(session),
     )
+    wait_s = session.options.registration_wait_s
+    return engine.await_registration(session.engine, result, wait_s) if wait_s > 0 else result
 
 
 def _gpu_repairs(session: Session):

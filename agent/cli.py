@@ -103,6 +103,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         discovery_interval_s=args.discovery_interval,
         ca_attempts=max(1, args.discovery_attempts // 2),
         ca_interval_s=args.discovery_interval / 2,
+        registration_wait_s=args.registration_wait,
     )
     outcome = boot(_root(args), args.context_file, options)
     _emit(outcome.record.to_dict(), args.json, _plan_text if args.dry_run else _outcome_text)
@@ -441,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="S",
         help="seconds the container must stay up after a start (default 3)",
+    )
+    p.add_argument(
+        "--registration-wait",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a SuperNode whose key the SuperLink refused: wait this long for the key's "
+        "registration before ending FAILED (default 300; 0: do not wait)",
     )
     p.add_argument(
         "--lock-wait",

@@ -59,6 +59,7 @@ Runner = Callable[..., RunResult]  # run_command's shape: (argv, *, timeout) -> 
 PROBE_LABEL = "fl-agent.validation"
 PROBE_WAIT_S = 120
 LOG_LIMIT = 4000
+LOG_TAIL_LINES = 50
 VERSION_MISMATCH_LINES = (
     "runtime version mismatch",
     "Federation does not exist",
@@ -681,6 +682,38 @@ def _settle(engine, container_id, spec, action, restarts, stability_s, sleep) ->
     return ConvergeResult(
         action, None, spec, problems=(problem(name, spec.name, detail),), log_tail=tail
     )
+
+
+def await_registration(
+    engine: Engine,
+    result: ConvergeResult,
+    wait_s: float,
+    *,
+    poll_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ConvergeResult:
+    """A SuperNode whose key the SuperLink refused (`node_auth_rejected`), left to its restart
+    policy: wait up to `wait_s` for it to connect once the SuperLink registers the key (in a
+    OneFlow service the superlink role does so within seconds of the key's publication). The
+    result without the problem once its log says CONNECTED; else the result as it was."""
+    refused = [p for p in result.problems if p.name == "node_auth_rejected"]
+    if not refused or len(refused) != len(result.problems) or result.container_id is None:
+        return result
+    deadline = clock() + wait_s
+    while clock() < deadline:
+        sleep(poll_s)
+        try:
+            tail = engine.logs(result.container_id, tail=LOG_TAIL_LINES).splitlines()
+            running = ((engine.inspect(result.container_id) or {}).get("State") or {}).get(
+                "Running"
+            )
+        except EngineError:
+            continue  # the engine may be busy restarting it: look again
+        if running and classify(tail).status is SupernodeStatus.CONNECTED:
+            log.get("engine").info("node key registered: connected", container=result.spec.name)
+            return replace(result, problems=(), log_tail=tuple(tail[-20:]))
+    return result
 
 
 # --- probe containers

@@ -43,6 +43,8 @@ from agent.state import boot_lock, read_state, write_private_json
 from agent.supernode_status import LogState, SupernodeStatus, advance
 
 DEFAULT_INTERVAL_S = 60.0
+REGISTRATION_INTERVAL_S = 10.0
+"""How often the superlink role looks for new SuperNode keys in its service."""
 CONFIRM_OBSERVATIONS = 3
 """Consecutive ticks on which NVML must say a given GPU is lost or gone before the loss is
 confirmed: with the default interval, a loss that lasts two minutes. One reading is never
@@ -362,6 +364,7 @@ class Watch:
     _reporter: Any = None
     _docker: Docker | None = None
     _events: Any = None
+    _superlink_role: bool = False
 
     def __post_init__(self) -> None:
         self.state = load_state(self.root)
@@ -380,10 +383,18 @@ class Watch:
                     self._problem("watch_tick_failed", "watch", f"{type(exc).__name__}: {exc}")
                 if once:
                     return
-                self._wait(time.monotonic() + self.interval_s)
+                self._wait(time.monotonic() + self._interval())
         finally:
             self._close_events()
             _log().info("watch stopped")
+
+    def _interval(self) -> float:
+        """The superlink role registers new SuperNodes' keys every REGISTRATION_INTERVAL_S at
+        most: a SuperNode's boot waits for its registration (agent/engine.py
+        await_registration), one GET /service per pass."""
+        if self._superlink_role:
+            return min(self.interval_s, REGISTRATION_INTERVAL_S)
+        return self.interval_s
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
@@ -419,7 +430,8 @@ class Watch:
         """One observation of everything; report what changed; save the state."""
         self.state = replace(self.state, problems=())
         record = read_state(self.root)
-        if (record or {}).get("superlink"):
+        self._superlink_role = bool((record or {}).get("superlink"))
+        if self._superlink_role:
             self._guarded("node_registration_failed", "flower-superlink", self._register, record)
             self._report()
             self._save()

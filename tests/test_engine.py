@@ -165,3 +165,60 @@ def test_garbage_from_the_engine_is_an_engine_error_not_a_traceback(tmp_path, ra
     finally:
         thread.join()
         listener.close()
+
+
+class _RestartingNode:
+    """The engine's view of a refused SuperNode left to its restart policy: its log says the
+    key was refused until the SuperLink registers it (after `refusals` looks)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.looks = 0
+
+    def logs(self, container_id: str, tail: int = 50) -> str:
+        self.looks += 1
+        lines = ["INFO : Starting Flower SuperNode", "[code: 2004] Failed to activate SuperNode"]
+        if self.looks > self.refusals:
+            lines += ["INFO : Starting Flower SuperNode", "INFO : SuperNode ID: 77"]
+        return "\n".join(lines)
+
+    def inspect(self, container_id: str) -> dict:
+        return {"State": {"Running": True}}
+
+
+def _refused(*names: str) -> engine.ConvergeResult:
+    from agent.outcome import ConvergeAction
+    from agent.plan import ContainerSpec, Mode
+
+    spec = ContainerSpec("img", (), (), Mode.CPU, "runc")
+    problems = tuple(engine.problem(n, spec.name) for n in names)
+    return engine.ConvergeResult(ConvergeAction.CREATED, "cid", spec, problems=problems)
+
+
+def _waited(node, result, wait_s: float = 60.0) -> engine.ConvergeResult:
+    clock = iter(range(0, 10_000, 2))
+    return engine.await_registration(
+        node, result, wait_s, sleep=lambda s: None, clock=lambda: float(next(clock))
+    )
+
+
+def test_a_refused_node_key_waits_for_its_registration():
+    node = _RestartingNode(refusals=3)
+    connected = _waited(node, _refused("node_auth_rejected"))
+    assert connected.running and connected.problems == () and node.looks == 4
+    assert "SuperNode ID: 77" in connected.log_tail[-1]
+
+
+def test_a_key_never_registered_ends_refused_after_the_wait():
+    node = _RestartingNode(refusals=10**6)
+    result = _refused("node_auth_rejected")
+    assert _waited(node, result, wait_s=20.0) is result and node.looks == 9
+
+
+@pytest.mark.parametrize(
+    "names", [(), ("supernode_crash_loop",), ("node_auth_rejected", "supernode_crash_loop")]
+)
+def test_only_a_refused_key_alone_is_waited_for(names):
+    node = _RestartingNode(refusals=0)
+    result = _refused(*names)
+    assert _waited(node, result) is result and node.looks == 0

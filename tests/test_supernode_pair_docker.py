@@ -97,7 +97,10 @@ def test_the_pair_is_refused_until_its_key_is_registered_then_trains(federation,
     ctx = context(tmp_path / "context.sh", fed, address)
     supernode, superexec = instance.Instance(NUMBER).supernode, instance.Instance(NUMBER).superexec
 
-    first = fl_agent(root, "boot", "--context-file", str(ctx), "--json", "--stability-window", "8")
+    first = fl_agent(
+        root, "boot", "--context-file", str(ctx), "--json", "--stability-window", "8",
+        "--registration-wait", "0",
+    )  # fmt: skip
     record = json.loads(first.stdout)
     assert record["state"] == "FAILED", first.stdout + first.stderr
     assert [p["name"] for p in record["problems"]] == ["node_auth_rejected"], record["problems"]
