@@ -25,7 +25,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,6 +249,7 @@ class Ending:
     problems: tuple[Problem, ...] | None = None
     mode: Mode = Mode.NONE
     container: ConvergeResult | None = None
+    _: KW_ONLY
     attributes: dict[str, str] | None = None  # the facts for OneGate (None: the GPU facts)
     superlink: dict | None = None  # the superlink role's part of the record
     companion: ConvergeResult | None = None  # FL_ISOLATION=process: the SuperNode's converge
@@ -611,7 +612,7 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     degraded = plan.degraded or result.gpu_start_error is not None
     state = BootState.DEGRADED if degraded else BootState.RUNNING
     mode = result.spec.mode if result.spec else plan.mode
-    ending = Ending(state, problems, mode, result, companion)
+    ending = Ending(state, problems, mode, result, companion=companion)
     return _record(session, plan, facts, report, ending)
 
 
