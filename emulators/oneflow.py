@@ -150,7 +150,9 @@ def role_context(
                 contents["CONTEXT"][key] = f"${key}"
         vm = _deep_merge(vm, {**contents, "SERVICE_ID": "0", "ROLE_NAME": role_name})
     context = vm.get("CONTEXT") or {}
-    return {k: re.sub(r"\$(\w+)(?!\[)", lambda m: _single(vm, m[1]), v) for k, v in context.items()}
+    return {
+        k: re.sub(r"\$(\w+)(?![\w[])", lambda m: _single(vm, m[1]), v) for k, v in context.items()
+    }
 
 
 def _require(inputs: dict | None, values: dict[str, str]) -> None:

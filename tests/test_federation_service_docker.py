@@ -1,14 +1,16 @@
-"""A whole federation from one appliance image, per release: a OneFlow service (the OneGate
-emulator in service mode) with a `superlink` role VM and two `supernode` role VMs, each VM an
-`fl-agent boot` of its own (own root, own context, own token) on this machine's engine.
+"""A whole federation from one appliance image, per release: the OneFlow service `fl-agent one
+service` registers (one appliance VM template for both roles), its VMs' contexts as OneFlow and
+oned render them (emulators/oneflow.py role_context: the 7.0 shape on 7.0 with 1.42.0, the 6.10
+shape on 6.10 with 1.25.0), the OneGate emulator in service mode with a `superlink` role VM and
+two `supernode` role VMs, each VM an `fl-agent boot` of its own (own root, own context, own
+token) on this machine's engine.
 
 - The superlink role makes its CA and server certificate, runs the SuperLink with SuperNode
   authentication and publishes FL_ENDPOINT, FL_CA_CERT, FL_VERSION and READY=YES.
 - Its `fl-agent watch` (a real process) registers the keys the SuperNodes publish.
-- Each SuperNode discovers the SuperLink through OneGate (endpoint, CA), takes the SuperLink's
-  Flower version (FLOWER_VERSION unset: the baked 1.42.0 pairs down to a local 1.25.0 image),
-  makes and publishes its node key, and waits for its registration: RUNNING, READY=YES.
-  One runs FL_ISOLATION=process (the SuperNode and its SuperExec pair).
+- Each SuperNode discovers the SuperLink through OneGate (endpoint, CA), runs the SuperLink's
+  Flower version, makes and publishes its node key, and waits for its registration: RUNNING,
+  READY=YES. On 1.42.0 the role runs FL_ISOLATION=process (SuperNode and SuperExec pairs).
 - `flwr run` of the reference app over TLS, trusting the published CA, completes two rounds
   on both SuperNodes, whose node ids are the ones the registration returned.
 - A VM that leaves the service is unregistered by the watch.
@@ -35,8 +37,12 @@ import pytest
 
 from agent import flower, instance, registration, tls
 from agent.context import render_context
+from agent.one import service as service_template
+from agent.one.inputs import INPUTS, ROLE_INPUTS, SHARED_INPUTS
+from agent.one.vmtemplate import Selection, TemplateRequest, render
 from agent.paths import Root
 from agent.superlink import CONTAINER_NAME as SUPERLINK_CONTAINER
+from emulators import oneflow
 from emulators.onegate import OneGateEmulator
 from tests.flower_federation import docker
 
@@ -46,7 +52,27 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICE = 5
 SUPERLINK_VM = 30
 NODES = {31: instance.Instance(11), 32: instance.Instance(12)}  # VM id -> agent instance
-PROCESS_VM = 32  # runs FL_ISOLATION=process
+CASES = {  # Flower version -> (OpenNebula release, the supernode role's FL_ISOLATION)
+    "1.42.0": ("7.0.0", "process"),
+    "1.25.0": ("6.10.0", "subprocess"),
+}
+APPLIANCE = render(TemplateRequest(), Selection(({"SHORT_ADDRESS": "41:00.0"},), ("host-1",)))
+"""The appliance VM template `fl-agent one template` writes: the one template of both roles."""
+
+
+def role_contexts(version: str) -> dict[str, dict[str, str]]:
+    """Each role's VM context from the service template, with the operator's answers."""
+    release, isolation = CASES[version]
+    body = service_template.build(5, 5, series="7.0" if release.startswith("7") else "6.10")
+    answers = {i.name: i.default for i in INPUTS}
+    answers |= {"FLOWER_VERSION": version, "FL_ISOLATION": isolation}
+    shared = {name: answers[name] for name in SHARED_INPUTS}
+    return {
+        role: oneflow.role_context(
+            body, role, APPLIANCE, release, shared, {n: answers[n] for n in ROLE_INPUTS[role]}
+        )
+        for role in ("superlink", "supernode")
+    }
 
 
 def _load_flower_local():
@@ -81,7 +107,7 @@ class Vm:
         self.context = base / f"vm{vm_id}" / "cd" / "context.sh"
         self.context.parent.mkdir(parents=True)
         (self.context.parent / "token.txt").write_text(token + "\n")
-        values = {"VMID": str(vm_id), "TOKEN": "YES", "ETH0_IP": "127.0.0.1", **variables}
+        values = {**variables, "VMID": str(vm_id), "ETH0_IP": "127.0.0.1"}  # what oned adds
         self.context.write_text(render_context(values))
         self.env = {**os.environ, "FL_AGENT_ROOT": str(self.root)}
         agent = NODES.get(vm_id)
@@ -136,23 +162,20 @@ def _until(check, timeout: float, what: str):
 @pytest.fixture(params=["1.42.0", "1.25.0"])
 def service(request, tmp_path, no_supernode):
     version = request.param
-    for needed in {version, flower.DEFAULT_FLOWER_VERSION}:  # the SuperLink's and the baked one
-        subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), needed], check=True)
+    subprocess.run(["bash", str(REPO / "images/build-supernode.sh"), version], check=True)
     local.ensure_venv(version)
     _remove_containers()
     watches: list[subprocess.Popen] = []
+    contexts = role_contexts(version)
     with OneGateEmulator() as onegate:
         vms = {}
         for vm_id in (SUPERLINK_VM, *NODES):
             token = f"token-{vm_id}-{os.urandom(6).hex()}"
             onegate.add_vm(vm_id, token=token, ips=("127.0.0.1",))
-            common = {"ONEGATE_ENDPOINT": onegate.endpoint}
-            if vm_id == SUPERLINK_VM:  # the same image, the superlink role
-                role = {"FL_ROLE": "superlink", "FLOWER_VERSION": version}
-                role["SET_HOSTNAME"] = "superlink"
-            else:  # no FLOWER_VERSION: paired with the SuperLink's FL_VERSION
-                role = {"FL_ISOLATION": "process"} if vm_id == PROCESS_VM else {}
-            vms[vm_id] = Vm(tmp_path, vm_id, token, common | role)
+            role = "superlink" if vm_id == SUPERLINK_VM else "supernode"
+            assert contexts[role]["FL_ROLE"] == role
+            variables = contexts[role] | {"ONEGATE_ENDPOINT": onegate.endpoint}
+            vms[vm_id] = Vm(tmp_path, vm_id, token, variables)
         onegate.add_service(
             SERVICE, "federation", {"superlink": [SUPERLINK_VM], "supernode": list(NODES)}
         )
@@ -190,10 +213,12 @@ def test_one_image_forms_a_federation_with_tls_and_node_authentication(service):
         assert attributes["READY"] == "YES" and attributes["FL_STATE"] == "RUNNING"
         assert attributes["FL_NODE_PUBLIC_KEY"].startswith("ecdsa-sha2-nistp384 ")
         inspected = json.loads(docker("inspect", agent.supernode).stdout)[0]
-        assert inspected["Config"]["Image"] == flower.default_image(version)  # paired
+        assert inspected["Config"]["Image"] == flower.default_image(version)
         command = inspected["Config"]["Cmd"]
         assert "--auth-supernode-private-key" in command and "--insecure" not in command
-    assert docker("inspect", "-f", "{{.State.Running}}", NODES[PROCESS_VM].superexec).stdout
+        if CASES[version][1] == "process":
+            superexec = docker("inspect", "-f", "{{.State.Running}}", agent.superexec).stdout
+            assert superexec.strip() == "true"
     registered = registration.read_registry(Root(superlink.root))
     assert len(registered) == 2
     _until(
@@ -221,11 +246,12 @@ def test_one_image_forms_a_federation_with_tls_and_node_authentication(service):
     assert trained == set(registered.values()), out[-6000:]
 
     # A VM that leaves the service is unregistered by the superlink role's watch.
-    onegate.remove_node(SERVICE, "supernode", PROCESS_VM)
+    leaver = max(NODES)
+    onegate.remove_node(SERVICE, "supernode", leaver)
     _until(
         lambda: onegate.user_template(SUPERLINK_VM).get("FL_NODES_REGISTERED") == "1",
         60,
         "FL_NODES_REGISTERED=1 after the scale-down",
     )
-    left = onegate.user_template(PROCESS_VM)["FL_NODE_PUBLIC_KEY"]
+    left = onegate.user_template(leaver)["FL_NODE_PUBLIC_KEY"]
     assert left not in registration.read_registry(Root(superlink.root))
