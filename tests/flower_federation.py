@@ -11,9 +11,11 @@ Used by tests/test_federation_docker.py and scripts/record_supernode_logs.py.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -24,8 +26,28 @@ from agent import flower, nodeauth, tls
 FLOWER_USER = (49999, 49999)
 """The flwr images' non-root user: it must read the keys mounted into its containers."""
 SUPERLINK = "superlink"
-APP = Path(__file__).resolve().parent.parent / "examples" / "app"
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "examples" / "app"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_flower_local():
+    """scripts/flower_local.py (a script, not a package) as a module: the host venv's SuperLink
+    and `flwr` CLI of a release."""
+    spec = importlib.util.spec_from_file_location("flower_local", REPO / "scripts/flower_local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the process group a `start_new_session` child leads; SIGKILL when it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def docker(

@@ -9,10 +9,8 @@ about a minute per release), the SuperLink and `flwr` from .venv-flwr-<version>
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from agent import flower
 from agent.context import render_context
+from tests.flower_federation import load_flower_local, stop_group
 
 pytestmark = pytest.mark.docker
 
@@ -28,14 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 VERSIONS = ("1.25.0", "1.42.0")
 
 
-def _load_flower_local():
-    spec = importlib.util.spec_from_file_location("flower_local", REPO / "scripts/flower_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-local = _load_flower_local()
+local = load_flower_local()
 
 
 @pytest.fixture(scope="module", params=VERSIONS)
@@ -65,12 +57,7 @@ def superlink(version, tmp_path):
         local.wait_for_port(release.control_port)
         yield home
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

@@ -23,11 +23,9 @@ makes docker tests that use the host network take turns.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -44,7 +42,7 @@ from agent.paths import Root
 from agent.superlink import CONTAINER_NAME as SUPERLINK_CONTAINER
 from emulators import oneflow
 from emulators.onegate import OneGateEmulator
-from tests.flower_federation import docker
+from tests.flower_federation import docker, load_flower_local, stop_group
 
 pytestmark = pytest.mark.docker
 
@@ -75,14 +73,7 @@ def role_contexts(version: str) -> dict[str, dict[str, str]]:
     }
 
 
-def _load_flower_local():
-    spec = importlib.util.spec_from_file_location("flower_local", REPO / "scripts/flower_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-local = _load_flower_local()
+local = load_flower_local()
 
 
 def _containers() -> list[str]:
@@ -140,15 +131,6 @@ class Vm:
             )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _until(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,7 +165,7 @@ def service(request, tmp_path, no_supernode):
             yield version, onegate, vms, watches, tmp_path
         finally:
             for process in watches:
-                _stop(process)
+                stop_group(process, timeout=30)
             _remove_containers()
 
 
