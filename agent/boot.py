@@ -177,6 +177,13 @@ class Progress:
         updates, deletes = state_report(state, **kwargs)
         self.reporter.send(updates, deletes, timeout_s=self._budget(state))
 
+    def publish(self, facts: dict[str, str]) -> None:
+        """Attributes alone, no state (READY stays as it is), with the full budget; also on a
+        periodic run."""
+        if self.reporter is None or self.options.dry_run or not facts:
+            return
+        self.reporter.send(facts, (), timeout_s=self.options.onegate_timeout_s)
+
     def _budget(self, state: BootState) -> float:
         """Progress reports get a short budget (shorter still once one failed); the terminal
         report the full one. An unreachable OneGate so costs a boot seconds, not minutes, and
@@ -339,7 +346,13 @@ def _observe_pairing(session: Session, facts: Facts) -> Facts:
         config.flower_version_set or config.supernode_image_set
     )
     if needs_tags and session.engine is not None:
-        tags = session.timed("image_tags", session.engine.image_tags, flower.IMAGE_REPOSITORY)
+        from agent.engine import EngineError
+
+        try:
+            tags = session.timed("image_tags", session.engine.image_tags, flower.IMAGE_REPOSITORY)
+        except EngineError as exc:
+            unavailable = problem("docker_unavailable", "docker", exc.message[:200])
+            return replace(facts, blocking=(unavailable,))
     paired = pairing.pair(config, published, tags)
     if paired.blocking is not None:
         return replace(facts, blocking=(paired.blocking,))
@@ -583,16 +596,18 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     session.progress.report(BootState.STARTING, facts=_key_attributes(facts))
     companion = None
     if plan.companion is not None:
-        companion = session.timed("converge_companion", _converge, session, plan.companion, None)
+        companion = session.timed(
+            "converge_companion", _converge, session, plan.companion, None, facts
+        )
         if not companion.running:
             ending = Ending(
                 BootState.FAILED, plan.problems + companion.problems, companion=companion
             )
             return _record(session, plan, facts, report, ending)
-    result = session.timed("converge", _converge, session, plan.spec, plan.fallback)
+    result = session.timed("converge", _converge, session, plan.spec, plan.fallback, facts)
     if result.running and result.gpu_start_error and plan.companion_fallback is not None:
         fallback = plan.companion_fallback  # the SuperNode's node config says CPU now
-        companion = session.timed("converge_companion", _converge, session, fallback, None)
+        companion = session.timed("converge_companion", _converge, session, fallback, None, facts)
         if not companion.running:
             result = replace(result, problems=companion.problems)
     if not result.running:
@@ -761,7 +776,11 @@ def _remove_leftover(session: Session, plan: Plan) -> tuple[Problem, ...]:
     return ()
 
 
-def _converge(session: Session, spec, fallback) -> ConvergeResult:
+def _converge(session: Session, spec, fallback, facts: Facts) -> ConvergeResult:
+    """Converge the container; a SuperNode whose key the SuperLink refused waits for the key's
+    registration (agent/engine.py await_registration), the key published first with the full
+    OneGate budget: the STARTING report that carried it may have been only queued, and a
+    periodic run sends no progress reports at all."""
     from agent import engine
 
     assert spec is not None and session.engine is not None
@@ -774,7 +793,10 @@ def _converge(session: Session, spec, fallback) -> ConvergeResult:
         repairs=_gpu_repairs(session),
     )
     wait_s = session.options.registration_wait_s
-    return engine.await_registration(session.engine, result, wait_s) if wait_s > 0 else result
+    if wait_s <= 0 or not any(p.name == "node_auth_rejected" for p in result.problems):
+        return result
+    session.progress.publish(_key_attributes(facts))
+    return engine.await_registration(session.engine, result, wait_s)
 
 
 def _gpu_repairs(session: Session):

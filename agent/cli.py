@@ -18,7 +18,7 @@ from agent import __version__
 from agent.outcome import BootState, ExitCode, exit_code
 from agent.terminal import escape_all, escape_controls
 
-SECRET_VARIABLES = ("ONEGATE_TOKEN", "TOKENTXT")
+SECRET_VARIABLES = ("ONEGATE_TOKEN", "TOKENTXT", "FL_SSL_KEY", "ONEAPP_FL_SSL_KEY")
 
 
 def _emit(data: object, as_json: bool, text: Callable[[Any], str]) -> None:

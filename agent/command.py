@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -22,6 +22,9 @@ class RunResult:
 
     def tail(self, lines: int = 5) -> str:
         return " | ".join(self.output.strip().splitlines()[-lines:])
+
+
+Runner = Callable[..., RunResult]  # run_command's shape: (argv, *, timeout) -> RunResult
 
 
 def run_command(

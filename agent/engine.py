@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent import log
-from agent.command import RunResult, run_command
+from agent.command import Runner, run_command
 from agent.container_resources import RLIMIT_REFUSED
 from agent.errors import AgentError, Problem
 from agent.gpu.refusals import (
@@ -55,7 +55,6 @@ REPAIR_COMMANDS = {
     RESTART_ENGINE: ["systemctl", "restart", "docker"],
     REGENERATE_CDI_SPEC: CDI_GENERATE.split(),
 }
-Runner = Callable[..., RunResult]  # run_command's shape: (argv, *, timeout) -> RunResult
 PROBE_LABEL = "fl-agent.validation"
 PROBE_WAIT_S = 120
 LOG_LIMIT = 4000

@@ -343,7 +343,7 @@ def registered_node_id(stdout: str) -> int | None:
     try:
         answer = json.loads(stdout)
         return int(answer["node-id"]) if answer.get("success") is True else None
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
 
 

@@ -182,6 +182,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "the SuperLink's state or control directory could not be prepared",
         "check /var/lib/fl-agent: a writable file system with free space",
     ),
+    "firewall_not_opened": (
+        "the SuperLink's Fleet API port could not be opened in the appliance's firewall",
+        "check `nft list table inet fl_agent` and /etc/fl-agent/firewall.d/superlink.nft; "
+        "`systemctl reload fl-agent-firewall` loads the drop-in",
+    ),
     "superlink_not_serving": (
         "the SuperLink container runs but its Fleet or Control API port does not answer",
         "see `docker logs flower-superlink`; check that no other process holds the port",

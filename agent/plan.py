@@ -89,6 +89,7 @@ class ActionKind(StrEnum):
     WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
     ENSURE_TLS = "ensure_tls"  # superlink role: its CA and server certificate (or the operator's)
     PREPARE_STATE_DIR = "prepare_state_dir"  # superlink role: its database and control dirs
+    OPEN_FIREWALL = "open_firewall"  # superlink role: its Fleet API port in the image's firewall
     WAIT_SERVING = "wait_serving"  # superlink role: the fleet port answers before READY
     REGISTER_NODES = "register_nodes"  # superlink role: the service's SuperNode keys
     RECORD = "record"  # state file, appliance report, OneGate's terminal report

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,19 +193,32 @@ def _saved(root: Root, registered: dict[str, int]) -> list[Problem]:
 
 
 def _succeeded(output: str) -> bool:
-    try:
-        return json.loads(_json_text(output)).get("success") is True
-    except (ValueError, AttributeError):
-        return False
+    return _answer(output).get("success") is True
 
 
-_JSON = re.compile(r"\{.*\}", re.DOTALL)
+MAX_OUTPUT_CHARS = 65536
+MAX_JSON_STARTS = 256
+
+
+def _answer(output: str) -> dict:
+    """The last JSON object flwr printed that says whether it succeeded (stdout and stderr come
+    together from an exec, so a warning with braces may come first); {} when there is none."""
+    text = output[-MAX_OUTPUT_CHARS:]
+    decoder = json.JSONDecoder()
+    starts = [i for i, char in enumerate(text) if char == "{"][-MAX_JSON_STARTS:]
+    for start in reversed(starts):
+        try:
+            found, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(found, dict) and "success" in found:
+            return found
+    return {}
 
 
 def _json_text(output: str) -> str:
-    """The JSON object in what flwr printed (stdout and stderr come together from an exec)."""
-    match = _JSON.search(output[-65536:])
-    return match.group(0) if match else ""
+    """flwr's answer as JSON text, for flower.registered_node_id."""
+    return json.dumps(_answer(output))
 
 
 def _short_key(key: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from agent import flower
+from agent import firewall, flower
 from agent.config import Config
 from agent.errors import Problem
 from agent.outcome import Mode
@@ -117,6 +117,7 @@ def make_superlink_plan(config: Config, inputs: SuperlinkInputs) -> Plan:
     if inputs.tls.enabled:
         actions.append(Action(ActionKind.ENSURE_TLS, inputs.tls.directory))
     actions.append(Action(ActionKind.PREPARE_STATE_DIR, inputs.state_dir_host))
+    actions.append(Action(ActionKind.OPEN_FIREWALL, firewall.DROP_IN))
     actions.append(Action(ActionKind.CONVERGE, spec.name))
     endpoint = flower.fleet_endpoint(config.flower_version, LOOPBACK)
     actions.append(Action(ActionKind.WAIT_SERVING, endpoint))

@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from agent import flower, tls
+from agent import firewall, flower, tls
 from agent.config import Config
 from agent.errors import AgentError, Problem
 from agent.outcome import BootState, Mode, problem
@@ -165,6 +165,7 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     material, _ = observe_tls(session.root, config, inputs.ips, inputs.hostname)
     facts = replace(facts, superlink=replace(inputs, tls=material))
     plan = make_superlink_plan(config, facts.superlink)
+    closed = session.timed("firewall", _open_firewall, session.root, config)
     result = session.timed("converge", _converge, session, plan)
     if not result.running:
         return _end(session, plan, facts, BootState.FAILED, result.problems, result)
@@ -177,7 +178,8 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     reporter = session.progress.reporter
     if plan.has(ActionKind.REGISTER_NODES) and reporter is not None and reporter.enabled:
         registration = session.timed("registration", _register, session, config)
-    problems = registration.problems if registration else ()
+    problems = (closed,) if closed else ()
+    problems += registration.problems if registration else ()
     return _end(session, plan, facts, BootState.RUNNING, problems, result, registration)
 
 
@@ -253,6 +255,13 @@ def prepare_dirs(root: Root, config: Config, material: TlsMaterial) -> None:
         if stale.name != name:
             stale.unlink()
     write_atomic(control / CLI_DIR / name, text, mode=0o644)
+
+
+def _open_firewall(root: Root, config: Config) -> Problem | None:
+    """The Fleet API port SuperNodes dial, in the image's firewall (agent/firewall.py)."""
+    release = flower.release_for(config.flower_version)
+    assert release is not None  # build_config accepts only versions of the table
+    return firewall.open_ports(root, (release.fleet_port,), firewall.live_runner(root))
 
 
 def _converge(session: Session, plan: Plan) -> ConvergeResult:

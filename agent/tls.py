@@ -313,10 +313,12 @@ def operator_material_problems(
     ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, now: datetime | None = None
 ) -> tuple[Problem, ...]:
     """Why the operator's CA, certificate and key cannot be used (empty when they can)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     now = now or datetime.now(UTC)
     try:
         facts = cert_facts(cert_pem, key_pem, ca_pem)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         return (_operator_problem(f"does not parse as PEM ({type(exc).__name__})"),)
     problems = []
     if not facts.key_matches:
@@ -363,6 +365,8 @@ def _operator_problem(message: str) -> Problem:
 
 def facts_on_disk(files: TlsFiles) -> CertFacts | None:
     """The server certificate's facts as on disk; None when absent or unreadable (reissued)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     if not (files.server_cert.exists() and files.server_key.exists()):
         return None
     try:
@@ -371,7 +375,7 @@ def facts_on_disk(files: TlsFiles) -> CertFacts | None:
             files.server_key.read_bytes(),
             files.ca_cert.read_bytes(),
         )
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None  # unreadable: issue a new one
 
 

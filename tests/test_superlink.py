@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,7 @@ def test_the_actions_come_in_order_and_registration_only_with_authentication():
         ActionKind.PULL_IMAGE,
         ActionKind.ENSURE_TLS,
         ActionKind.PREPARE_STATE_DIR,
+        ActionKind.OPEN_FIREWALL,
         ActionKind.CONVERGE,
         ActionKind.WAIT_SERVING,
         ActionKind.REGISTER_NODES,
@@ -204,6 +208,41 @@ def test_the_operators_material_is_taken_checked_and_its_key_never_shown(tmp_pat
     assert [p.name for p in alone.problems] == ["conflicting_values"]
 
 
+UNKNOWN_ALGORITHM_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgkGCCqGSM49AwEHBG0wawIBAQQg3Pf6zyhF6m48Gx8pnD+eOG29RDuR
+ie5t8myCN5NeGO6hRANCAATMGifmK/NpLLQYqo4a/FhT2lbt6+tovFss3liRPMcD2i1MCPnVjZ/G
+BWanY0FwuaqmfgwpSZ+A2Ja3beIAJD4B
+-----END PRIVATE KEY-----
+"""
+"""PKCS#8 whose algorithm OID (1.2.840.10045.2.9) no library knows: `cryptography` raises
+UnsupportedAlgorithm, neither a ValueError nor a TypeError."""
+
+
+def test_a_key_of_an_unknown_algorithm_is_a_problem_not_a_traceback(tmp_path):
+    ca, cert, _ = _operator_material(tmp_path)
+    variables = {"FL_ROLE": "superlink", "FL_SSL_CA_CERT": b64(ca), "FL_SSL_CERT": b64(cert)}
+    result = build_config({**variables, "FL_SSL_KEY": b64(UNKNOWN_ALGORITHM_KEY)})
+    assert result.ok
+    _, problems = observe_tls(Root(tmp_path / "root"), result.config, (), None)
+    assert [p.name for p in problems] == ["tls_operator_material_invalid"]
+    assert "UnsupportedAlgorithm" in problems[0].message
+    assert "MIGHAgEA" not in problems[0].message
+
+
+def test_context_raw_masks_the_operators_key(tmp_path):
+    ca, cert, key = _operator_material(tmp_path)
+    ctx = tmp_path / "context.sh"
+    values = {"FL_ROLE": "superlink", "FL_SSL_CA_CERT": b64(ca), "FL_SSL_CERT": b64(cert)}
+    ctx.write_text(render_context({**values, "FL_SSL_KEY": b64(key)}))
+    env = {**os.environ, "FL_AGENT_ROOT": str(tmp_path / "root")}
+    for extra in ((), ("--json",)):
+        argv = [sys.executable, "-m", "agent", "context", "--context-file", str(ctx), "--raw"]
+        shown = subprocess.run([*argv, *extra], capture_output=True, text=True, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert b64(key)[:40] not in shown.stdout + shown.stderr
+        assert "FL_SSL_KEY" in shown.stdout
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -289,10 +328,31 @@ def test_an_unreadable_service_changes_nothing(tmp_path):
             raise AgentError(Problem("onegate_unreachable", "OneGate", "down", "wait"))
 
     root = Root(tmp_path / "root")
-    registration.write_registry(root, {"ecdsa-sha2-nistp384 AAAA": 7})
-    done = registration.sync(root, object(), Down(), "1.42.0")
+    key = nodeauth.ensure_node_key(tmp_path / "key").public_openssh
+    registration.write_registry(root, {key: 7})
+    assert registration.read_registry(root) == {key: 7}
+    done = registration.sync(root, object(), Down(), "1.42.0")  # no engine call may happen
     assert [p.name for p in done.problems] == ["onegate_unreachable"]
-    assert registration.registry_path(root).exists()
+    assert done.registered == {key: 7} and done.removed == ()
+    assert registration.read_registry(root) == {key: 7}
+
+
+@pytest.mark.parametrize(
+    ("output", "succeeded"),
+    [
+        ('{\n  "success": true,\n  "node-id": 42\n}\n', True),
+        ('WARNING: {config} is deprecated\n{"success": true, "node-id": 42}', True),
+        ('{"success": true} {"success": false, "error-message": "no"}', False),
+        ('{"success": false, "error-message": "{key} exists"}', False),
+        ("Traceback (most recent call last): {", False),
+        ("", False),
+        ('{"success": true, "node-id": Infinity}', True),
+    ],
+)
+def test_flwrs_answer_is_its_last_json_object(output, succeeded):
+    assert registration._succeeded(output) is succeeded
+    node_id = flower.registered_node_id(registration._json_text(output))
+    assert node_id == (42 if succeeded and "42" in output else None)
 
 
 def test_a_registry_file_of_garbage_is_empty(tmp_path):
