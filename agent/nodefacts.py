@@ -9,6 +9,7 @@ Keys (documented in the README, "GPU facts in the node config"), TOML values:
 | `fl-gpu-model` | the first given GPU's product name (GPU mode only) |
 | `fl-gpu-memory-mib` | the smallest given GPU's (or MIG device's) memory in MiB (GPU mode) |
 | `fl-mig` | true when the node was given MIG devices (GPU mode) |
+| `fl-mig-profile` | the given MIG devices' profile, "1g.10gb" (GPU mode, MIG devices only) |
 | `fl-cuda-version` | the highest CUDA version the driver supports, "12.4" (GPU mode) |
 
 A ServerApp reads them per node: `context.node_config["fl-gpu-count"]` in a ClientApp, or the
@@ -16,8 +17,11 @@ node's config in the strategy's `configure_train` (README). The operator's FL_NO
 keys win over these; FL_NODE_FACTS=NO leaves them out. The facts come from the boot's
 validation report (its dict form, the same that the state file keeps), so a periodic
 re-convergence, which reads the last boot's report, builds the same node config: the
-container is not replaced for nothing. A MIG profile name (1g.10gb) is not read from NVML
-here: `fl-mig` and the device's memory stand for it.
+container is not replaced for nothing. The MIG profile is named as NVIDIA's tools name it
+(agent/gpu/nvml.py mig_profile_name); MIG devices of different profiles give each distinct
+profile once, in NVML's order, separated by spaces ("1g.10gb 3g.40gb": a profile has no
+space, and the value stays one TOML string). A device whose profile NVML did not give is left
+out of it; when none has one, the key is left out.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class GpuNodeFacts:
     memory_mib: int | None = None
     mig: bool = False
     cuda_version: str | None = None
+    mig_profile: str | None = None  # "1g.10gb", or distinct profiles space-separated
 
 
 def from_validation(validation: dict[str, Any] | None) -> GpuNodeFacts:
@@ -63,7 +68,15 @@ def from_validation(validation: dict[str, Any] | None) -> GpuNodeFacts:
         memory_mib=min(known) // 2**20 if known else None,
         mig=bool(migs),
         cuda_version=nvml.get("cuda_version") or None,
+        mig_profile=_mig_profiles(migs),
     )
+
+
+def _mig_profiles(migs: list[dict[str, Any]]) -> str | None:
+    """The distinct profiles of these MIG devices in their order, space-separated."""
+    names = [m.get("profile") for m in migs]
+    distinct = dict.fromkeys(n for n in names if isinstance(n, str) and n)
+    return " ".join(distinct) or None
 
 
 def node_config_facts(facts: GpuNodeFacts, gpu: bool) -> dict[str, str]:
@@ -76,6 +89,8 @@ def node_config_facts(facts: GpuNodeFacts, gpu: bool) -> dict[str, str]:
     if facts.memory_mib is not None:
         values["fl-gpu-memory-mib"] = str(facts.memory_mib)
     values["fl-mig"] = "true" if facts.mig else "false"
+    if facts.mig and facts.mig_profile:
+        values["fl-mig-profile"] = _toml_text(facts.mig_profile)
     if facts.cuda_version:
         values["fl-cuda-version"] = _toml_text(facts.cuda_version)
     return values

@@ -88,15 +88,25 @@ def h100(**extra) -> dict:
     return {"driver_version": DRIVER, "cuda_driver_version": 12040, "devices": [device]}
 
 
+A100_MIG_PROFILES = ("2g.20gb", "1c.2g.20gb")
+"""two_a100_mig's MIG devices' profiles: two-slice GPU instances of 19968 MiB on an 80 GiB
+A100, the second's compute instance one slice."""
+
+
 def two_a100_mig() -> dict:
     """Two A100s with MIG on; the first holds two MIG devices, the second none."""
     devices = []
     for i, uuid in enumerate(A100_UUIDS):
         migs = []
         if i == 0:
+            attributes = {"gi_slices": 2, "memory_mb": 19968}
             migs = [
-                {"slot": 0, "uuid": MIG_UUIDS[0], "gi": 1, "ci": 0, "memory_total": 20 * GIB},
-                {"slot": 3, "uuid": MIG_UUIDS[1], "gi": 2, "ci": 0, "memory_total": 20 * GIB},
+                {"slot": 0, "uuid": MIG_UUIDS[0], "gi": 1, "ci": 0, "memory_total": 20 * GIB}
+                | attributes
+                | {"ci_slices": 2},
+                {"slot": 3, "uuid": MIG_UUIDS[1], "gi": 2, "ci": 0, "memory_total": 20 * GIB}
+                | attributes
+                | {"ci_slices": 1},
             ]
         devices.append(
             {

@@ -10,6 +10,7 @@ import pytest
 from agent.gpu import read_driver, scan_pci
 from agent.paths import Root
 from tests.fixtures_gpu import (
+    A100_MIG_PROFILES,
     A100_UUIDS,
     DRIVER,
     GIB,
@@ -24,7 +25,9 @@ from tests.fixtures_gpu import (
     h100,
     kernel_log,
     load_driver,
+    nvml_env,
     nvml_stub,  # noqa: F401  (a fixture)
+    run_python,
     two_a100_mig,
 )
 
@@ -145,7 +148,60 @@ def test_two_a100_with_mig_devices(tmp_path, nvml_stub):  # noqa: F811
     migs = gpus[0]["mig_devices"]
     assert [m["uuid"] for m in migs] == list(MIG_UUIDS)
     assert [(m["gpu_instance_id"], m["compute_instance_id"]) for m in migs] == [(1, 0), (2, 0)]
+    assert [m["profile"] for m in migs] == list(A100_MIG_PROFILES)
     assert gpus[1]["mig_devices"] == []
+
+
+def _mig_attributes(**attributes) -> dict:
+    """two_a100_mig with the first MIG device's attributes replaced (None: removed)."""
+    scenario = two_a100_mig()
+    mig = scenario["devices"][0]["mig_devices"][0]
+    mig.update(attributes)
+    for key in [k for k, v in attributes.items() if v is None]:
+        del mig[key]
+    return scenario
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"gi_slices": None},  # the driver answers NOT_SUPPORTED
+        {"memory_mb": 0},
+        {"memory_mb": None},
+        {"memory_mb": 2**62},  # more than the GPU has
+        {"gi_slices": 0, "ci_slices": 0},
+        {"ci_slices": 3},  # more than its GPU instance
+        {"gi_slices": 2**31},
+    ],
+)
+def test_mig_attributes_no_device_has_give_no_profile(tmp_path, nvml_stub, attributes):  # noqa: F811
+    gpus = collect(tmp_path, nvml_stub, _mig_attributes(**attributes), tmp_path)["nvml"]["gpus"]
+    assert [m["profile"] for m in gpus[0]["mig_devices"]] == [None, A100_MIG_PROFILES[1]]
+    assert gpus[0]["problem"] is None
+
+
+def test_no_parent_memory_gives_no_profile(tmp_path, nvml_stub):  # noqa: F811
+    scenario = two_a100_mig()
+    scenario["devices"][0]["memory_total"] = 0
+    migs = collect(tmp_path, nvml_stub, scenario, tmp_path)["nvml"]["gpus"][0]["mig_devices"]
+    assert [m["profile"] for m in migs] == [None, None] and len(migs) == 2
+
+
+_OLD_BINDINGS = """
+import json, sys
+import pynvml
+del pynvml.nvmlDeviceGetAttributes_v2  # nvidia-ml-py from before the call
+from agent.gpu import collect_facts
+from agent.paths import Root
+print(json.dumps(collect_facts(Root.from_env(sys.argv[1])).to_dict()))
+"""
+
+
+def test_bindings_without_the_call_give_no_profile(tmp_path, nvml_stub):  # noqa: F811
+    env = nvml_env(nvml_stub, two_a100_mig(), tmp_path)
+    gpus = run_python(_OLD_BINDINGS, [str(tmp_path)], env)["nvml"]["gpus"]
+    assert [m["uuid"] for m in gpus[0]["mig_devices"]] == list(MIG_UUIDS)
+    assert [m["profile"] for m in gpus[0]["mig_devices"]] == [None, None]
 
 
 def test_lost_gpu_is_a_per_device_problem(tmp_path, nvml_stub):  # noqa: F811

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures_gpu import (  # noqa: F401 - fixtures
+    A100_MIG_PROFILES,
     BRANCH_BINDINGS,
     REPO,
     collect,
@@ -22,6 +23,7 @@ from tests.fixtures_gpu import (  # noqa: F401 - fixtures
     nvml_env,
     nvml_stubs,
     run_python,
+    two_a100_mig,
     validate_in_child,
 )
 
@@ -49,6 +51,36 @@ def test_fabric_completed_with_error_status(tmp_path, nvml_stubs, branch):  # no
     scenario = h100(fabric={"state": 3, "status": 999})
     gpu = facts(tmp_path, nvml_stubs[branch], scenario)["gpus"][0]
     assert (gpu["fabric"]["state"], gpu["fabric"]["status"]) == ("completed", 999)
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("own_bindings", [True, False], ids=["branch-bindings", "venv-bindings"])
+def test_mig_profile_on_every_branch(tmp_path, nvml_stubs, nvml_bindings, branch, own_bindings):  # noqa: F811
+    bindings = nvml_bindings[branch] if own_bindings else None
+    gpus = facts(tmp_path, nvml_stubs[branch], two_a100_mig(), bindings)["gpus"]
+    assert [m["profile"] for m in gpus[0]["mig_devices"]] == list(A100_MIG_PROFILES)
+
+
+_ATTRIBUTES = """
+import json, pynvml
+pynvml.nvmlInit()
+gpu = pynvml.nvmlDeviceGetHandleByIndex(0)
+out = {}
+for name, handle in (("gpu", gpu), ("mig", pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0))):
+    try:
+        a = pynvml.nvmlDeviceGetAttributes_v2(handle)
+        out[name] = [a.gpuInstanceSliceCount, a.computeInstanceSliceCount, a.memorySizeMB]
+    except pynvml.NVMLError as exc:
+        out[name] = exc.value
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_attributes_only_for_mig_handles(tmp_path, nvml_stubs, nvml_bindings, branch):  # noqa: F811
+    """nvml.h: nvmlDeviceGetAttributes_v2 "currently only supports MIG device handles"."""
+    env = nvml_env(nvml_stubs[branch], two_a100_mig(), tmp_path, nvml_bindings[branch])
+    assert run_python(_ATTRIBUTES, [], env) == {"gpu": 3, "mig": [2, 2, 19968]}
 
 
 _RAW = """

@@ -214,6 +214,60 @@ def test_facts_are_of_the_selected_gpus() -> None:
         assert from_validation(nothing) == GpuNodeFacts()
 
 
+MIG_A, MIG_B, MIG_C = (f"MIG-{c * 8}-{c * 4}-{c * 4}-{c * 4}-{c * 12}" for c in "abc")
+
+
+def mig_validation(*profiles: object, selected: tuple[str, ...] | None = None) -> dict:
+    """One H200 whose MIG devices (MIG_A, MIG_B, ...) have these profiles (absent: ...)."""
+    report = validation(mig=True)
+    gpu = report["facts"]["nvml"]["gpus"][0]
+    uuids = (MIG_A, MIG_B, MIG_C)[: len(profiles)]
+    gpu["mig_devices"] = [
+        {"uuid": u, "memory_total": 16 << 30} | ({} if p is ... else {"profile": p})
+        for u, p in zip(uuids, profiles, strict=True)
+    ]
+    return report | {"selected": list(selected if selected is not None else uuids)}
+
+
+def test_mig_profile_of_the_selected_mig_devices() -> None:
+    assert from_validation(mig_validation("1g.18gb")).mig_profile == "1g.18gb"
+    mixed = mig_validation("1g.18gb", "1c.2g.35gb", "1g.18gb")
+    assert from_validation(mixed).mig_profile == "1g.18gb 1c.2g.35gb"  # distinct, in order
+    only_b = mig_validation("1g.18gb", "3g.71gb", selected=(MIG_B,))
+    assert from_validation(only_b).mig_profile == "3g.71gb"
+    assert from_validation(validation([UUIDS[0]])).mig_profile is None  # a whole GPU
+
+
+@pytest.mark.parametrize(
+    "profiles", [(...,), (None,), ("",), (42,), (["1g.18gb"],), ({"x": 1},), (..., None)]
+)
+def test_mig_devices_without_a_readable_profile_give_none(profiles: tuple) -> None:
+    facts = from_validation(mig_validation(*profiles))
+    assert facts.mig and facts.mig_profile is None
+    assert "fl-mig-profile" not in node_config_facts(facts, True)
+
+
+def test_a_missing_profile_leaves_the_others() -> None:
+    assert from_validation(mig_validation(..., "2g.35gb", None)).mig_profile == "2g.35gb"
+
+
+def test_mig_profile_is_a_toml_string_in_gpu_mode_only() -> None:
+    facts = from_validation(mig_validation("1g.18gb", "1c.2g.35gb"))
+    merged = merged_node_config("partition-id=0", node_config_facts(facts, True))
+    assert validate_node_config(merged) is None
+    parsed = tomllib.loads("\n".join(f"{k} = {v}" for k, v in node_config_pairs(merged)))
+    assert parsed["fl-mig-profile"] == "1g.18gb 1c.2g.35gb" and parsed["fl-mig"] is True
+    assert "fl-mig-profile" not in node_config_facts(facts, False)
+
+
+@pytest.mark.parametrize("profile", ['1g.5gb" --evil="x', "a\\b\n", "9g." * 100])
+def test_a_strange_mig_profile_stays_one_toml_string(profile: str) -> None:
+    facts = from_validation(mig_validation(profile))
+    values = dict(node_config_pairs(merged_node_config(None, node_config_facts(facts, True))))
+    text = tomllib.loads(f"v = {values['fl-mig-profile']}")["v"]
+    assert len(text) <= 64 and '"' not in text and "\\" not in text and "\n" not in text
+
+
 def test_gpu_and_cpu_facts_read_as_toml_and_as_flowers_pairs() -> None:
     gpu = merged_node_config(None, node_config_facts(H200, True))
     assert validate_node_config(gpu) is None

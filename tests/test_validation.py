@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 
+from agent.nodefacts import from_validation, node_config_facts
 from tests.fixtures_gpu import (
+    A100_MIG_PROFILES,
     A100_UUIDS,
     DRIVER,
     H100_UUID,
@@ -216,6 +218,11 @@ def test_mig_device_selected(tmp_path, nvml_stub):  # noqa: F811
     report = run(tmp_path, nvml_stub, two_a100_mig(), variables=variables)
     assert statuses(report)["nvml"] == "ok", stages(report)["nvml"]
     assert f"selected: {MIG_UUIDS[1]}" in stages(report)["nvml"]["detail"]
+    # the report's dict form (the state file keeps it) carries the profile to the node config;
+    # without an engine the toolkit stage fails, so the selection is the one the nvml stage made
+    facts = from_validation({"facts": report["facts"], "selected": [MIG_UUIDS[1]]})
+    assert (facts.count, facts.mig, facts.mig_profile) == (1, True, A100_MIG_PROFILES[1])
+    assert node_config_facts(facts, True)["fl-mig-profile"] == f'"{A100_MIG_PROFILES[1]}"'
 
 
 def test_selection_out_of_range_names_the_entry(tmp_path, nvml_stub):  # noqa: F811

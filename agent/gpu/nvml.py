@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,6 +127,42 @@ class MigDevice:
     gpu_instance_id: int | None
     compute_instance_id: int | None
     memory_total: int | None
+    profile: str | None = None  # "1g.10gb", "1c.2g.20gb"; None: NVML did not say
+
+
+MIG_MAX_SLICES = 8
+"""The most slices a MIG profile has (go-nvlib knows GPU instance profiles of 1..8 slices)."""
+MIG_MEMORY_FRACTIONS = 8
+_MIB = 2**20
+_GIB = 2**30
+
+
+def mig_profile_name(
+    gi_slices: int, ci_slices: int, memory_mib: int, parent_memory: int | None
+) -> str | None:
+    """A MIG device's profile name as NVIDIA's tools write it, from nvmlDeviceGetAttributes_v2
+    (gpuInstanceSliceCount, computeInstanceSliceCount, memorySizeMB) and the parent GPU's
+    total memory in bytes; None for values no MIG device has.
+
+    As NVIDIA go-nvlib mig_profile.go computes it (getMigMemorySizeGB, MigProfileInfo.String):
+    the device's share of the parent's memory is rounded up to eighths, times the parent's
+    memory in whole GiB rounded up, rounded to the nearest GB (halves away from zero, Go's
+    math.Round); "<g>g.<gb>gb" when the compute instance has all of its GPU instance's
+    slices, "<c>c.<g>g.<gb>gb" when fewer. go-nvlib reads the slice counts from the GPU and
+    compute instance profile IDs, which also name the media-extension variants (+me, -me,
+    +gfx); the attributes carry only the counts, so those suffixes are not given here.
+    """
+    if not (0 < ci_slices <= gi_slices <= MIG_MAX_SLICES) or not parent_memory:
+        return None
+    if not 0 < memory_mib * _MIB <= parent_memory:
+        return None
+    share = float(memory_mib) * _MIB / float(parent_memory)
+    share = math.ceil(share * MIG_MEMORY_FRACTIONS) / MIG_MEMORY_FRACTIONS
+    gb = share * float((parent_memory + _GIB - 1) // _GIB)
+    rounded = math.floor(gb) + (gb - math.floor(gb) >= 0.5)
+    if ci_slices == gi_slices:
+        return f"{gi_slices}g.{rounded}gb"
+    return f"{ci_slices}c.{gi_slices}g.{rounded}gb"
 
 
 @dataclass(frozen=True)
@@ -219,16 +256,17 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
         cc = optional_call(nv, nv.nvmlDeviceGetCudaComputeCapability, handle)
         mig = optional_call(nv, nv.nvmlDeviceGetMigMode, handle)
         enabled = mig is not None and mig[0] == MIG_ENABLED
+        total = memory.total if memory else None
         return NvmlGpu(
             index=index,
             uuid=uuid,
             name=nv.nvmlDeviceGetName(handle),
             pci_bus_id=_text(nv.nvmlDeviceGetPciInfo(handle).busId),
-            memory_total=memory.total if memory else None,
+            memory_total=total,
             compute_capability=f"{cc[0]}.{cc[1]}" if cc else None,
             mig_mode=None if mig is None else enabled,
             mig_pending=None if mig is None else mig[1] == MIG_ENABLED,
-            mig_devices=_mig_devices(nv, handle) if enabled else (),
+            mig_devices=_mig_devices(nv, handle, total) if enabled else (),
             fabric=_fabric(nv, handle),
             brand=optional_call(nv, nv.nvmlDeviceGetBrand, handle),
         )
@@ -236,7 +274,7 @@ def _gpu(nv: Any, index: int) -> NvmlGpu:
         return NvmlGpu(index, uuid, problem=problem_for(exc.value, str(exc), f"GPU {index}"))
 
 
-def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
+def _mig_devices(nv: Any, handle: Any, parent_memory: int | None) -> tuple[MigDevice, ...]:
     """The MIG devices of a GPU in MIG mode; empty slots are skipped like go-nvlib does."""
     found = []
     for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
@@ -253,9 +291,25 @@ def _mig_devices(nv: Any, handle: Any) -> tuple[MigDevice, ...]:
                 gpu_instance_id=optional_call(nv, nv.nvmlDeviceGetGpuInstanceId, mig),
                 compute_instance_id=optional_call(nv, nv.nvmlDeviceGetComputeInstanceId, mig),
                 memory_total=memory.total if memory else None,
+                profile=_mig_profile(nv, mig, parent_memory),
             )
         )
     return tuple(found)
+
+
+def _mig_profile(nv: Any, mig: Any, parent_memory: int | None) -> str | None:
+    """The profile from the MIG device's attributes; None where the driver or the bindings
+    (nvidia-ml-py before the call existed) do not answer."""
+    call = getattr(nv, "nvmlDeviceGetAttributes_v2", None)
+    attributes = optional_call(nv, call, mig) if call else None
+    if attributes is None:
+        return None
+    return mig_profile_name(
+        int(attributes.gpuInstanceSliceCount),
+        int(attributes.computeInstanceSliceCount),
+        int(attributes.memorySizeMB),
+        parent_memory,
+    )
 
 
 def _fabric(nv: Any, handle: Any) -> Fabric | None:

@@ -12,7 +12,12 @@
  *                 "mig": [1, 1],       absent: MIG not supported on this GPU
  *                 "max_mig": 7,
  *                 "mig_devices": [{"slot": 0, "uuid": "MIG-...", "gi": 1, "ci": 0,
- *                                  "memory_total": 10737418240}],
+ *                                  "memory_total": 10737418240,
+ *                                  "gi_slices": 1, "ci_slices": 1, "memory_mb": 9984}],
+ *                              gi_slices, ci_slices, memory_mb: nvmlDeviceGetAttributes_v2's
+ *                              gpuInstanceSliceCount, computeInstanceSliceCount and
+ *                              memorySizeMB (MiB) of the MIG device; no gi_slices: the call
+ *                              answers NVML_ERROR_NOT_SUPPORTED (ci_slices, memory_mb: 0)
  *                 "fabric": {"state": 2, "status": 0, "completed_after": 2},
  *                              absent: not supported; completed_after: calls until state 3
  *                 "brand": 14,          nvmlBrandType_t (14 NVIDIA, 2 Tesla, 5 GeForce)
@@ -48,6 +53,10 @@
  * The fabric state is an `unsigned char` (nvmlGpuFabricState_t); the bytes after it are
  * struct padding, which the C ABI leaves unspecified: the stand-in fills them, so a reader
  * that takes the state as a 4-byte int (every nvidia-ml-py declares it c_uint) sees garbage.
+ * nvmlDeviceGetAttributes_v2 (every branch: nvml.h since CUDA 11.1) "currently only supports
+ * MIG device handles": a full GPU's handle answers NVML_ERROR_NOT_SUPPORTED (nvml.h: "if this
+ * query is not supported by the device"; not verified against a real library), a NULL
+ * attributes pointer NVML_ERROR_INVALID_ARGUMENT.
  * nvmlInit fails when the driver has no GPU unless NVML_INIT_FLAG_NO_GPUS is passed (nvml.h:
  * "Don't fail nvmlInit() when no GPUs are found"): NVML_ERROR_GPU_NOT_FOUND (28) from R550; the
  * R535 header has no such code, the stand-in answers NVML_ERROR_UNKNOWN there (not verified
@@ -441,6 +450,25 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(device *d, unsigned int *id) {
     CHECK(d);
     if (!d->parent) return NOT_SUPPORTED;
     *id = (unsigned int)num(d->spec, "ci", 0);
+    return OK;
+}
+
+/* nvml.h (CUDA 11.1 on, the same in go-nvml's newest copy): nvmlDeviceAttributes_t. */
+typedef struct {
+    unsigned int multiprocessorCount, sharedCopyEngineCount, sharedDecoderCount,
+        sharedEncoderCount, sharedJpegCount, sharedOfaCount;
+    unsigned int gpuInstanceSliceCount, computeInstanceSliceCount;
+    unsigned long long memorySizeMB;
+} nvmlDeviceAttributes_t;
+
+nvmlReturn_t nvmlDeviceGetAttributes_v2(device *d, nvmlDeviceAttributes_t *attributes) {
+    CHECK(d);
+    if (!attributes) return INVALID_ARGUMENT;
+    if (!d->parent || !get(d->spec, "gi_slices")) return NOT_SUPPORTED;
+    memset(attributes, 0, sizeof(*attributes));
+    attributes->gpuInstanceSliceCount = (unsigned int)num(d->spec, "gi_slices", 0);
+    attributes->computeInstanceSliceCount = (unsigned int)num(d->spec, "ci_slices", 0);
+    attributes->memorySizeMB = (unsigned long long)num(d->spec, "memory_mb", 0);
     return OK;
 }
 
