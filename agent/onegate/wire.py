@@ -63,7 +63,7 @@ ATTRIBUTES: Mapping[str, str] = {
     "(the private key never leaves the VM)",
     "FL_NODE_READY": "YES with READY (the community appliance's readiness attribute)",
     "READY": "YES once the SuperNode container runs (superlink role: once the SuperLink "
-    "container runs and its Fleet API port answers): OneFlow's ready_status_gate",
+    "container runs and its Fleet and Control API ports answer): OneFlow's ready_status_gate",
 }
 """Every attribute the agent publishes: the one table (docs/onegate.md renders it)."""
 
