@@ -116,6 +116,7 @@ class Facts:
     )  # this agent's container names and local port
     node_key_dir: str | None = None  # under the root, when SuperNode authentication applies
     leftover_superexec: bool = False  # a SuperExec of this agent exists (isolation changed)
+    other_role: tuple[str, ...] = ()  # the other FL_ROLE's containers, left by a role change
     warnings: tuple[Problem, ...] = ()  # problems that do not stop the node (version pairing)
     node_public_key: str | None = None  # apply: the node key's public half, to publish
 
@@ -409,7 +410,22 @@ def _observe_instance(session: Session, facts: Facts) -> Facts:
     leftover = False
     if config.isolation != "process" and session.engine is not None:
         leftover = _managed(session.engine, which.superexec)
-    return replace(facts, instance=which, node_key_dir=key_dir, leftover_superexec=leftover)
+    other = other_role_containers(session.engine, which, ())
+    return replace(
+        facts, instance=which, node_key_dir=key_dir, leftover_superexec=leftover, other_role=other
+    )
+
+
+def other_role_containers(engine: Engine | None, which: Instance, names: tuple[str, ...]):
+    """The containers of the other FL_ROLE this agent left running (a VM whose role changed):
+    `names` that carry the agent's label, or, for a SuperNode, the superlink role's. Only the
+    appliance's single agent (no --instance) looks: several agents on one engine are the
+    tests' and the demo's, where the other role's containers belong to another agent."""
+    from agent.superlink import CONTAINER_NAME as SUPERLINK
+
+    if engine is None or which.number is not None:
+        return ()
+    return tuple(name for name in names or (SUPERLINK,) if _managed(engine, name))
 
 
 def _managed(engine: Engine, name: str) -> bool:
@@ -565,6 +581,7 @@ def plan_inputs(facts: Facts, report: ValidationReport | None, **changes: Any) -
         node_facts=nodefacts.from_validation(validation) if config.node_facts else None,
         instance=facts.instance,
         leftover_superexec=facts.leftover_superexec,
+        other_role=facts.other_role,
         **changes,
     )
 
@@ -592,7 +609,7 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
         return _record(
             session, plan, facts, report, Ending(BootState.FAILED, (*plan.problems, failed))
         )
-    linked += _remove_leftover(session, plan)
+    linked += remove_leftovers(session, plan)
     session.progress.report(BootState.STARTING, facts=_key_attributes(facts))
     companion = None
     if plan.companion is not None:
@@ -762,18 +779,20 @@ def _key_attributes(facts: Facts) -> dict[str, str]:
     return {PUBLIC_KEY_ATTRIBUTE: facts.node_public_key} if facts.node_public_key else {}
 
 
-def _remove_leftover(session: Session, plan: Plan) -> tuple[Problem, ...]:
-    """The SuperExec of an earlier FL_ISOLATION=process, now that the SuperNode runs alone."""
+def remove_leftovers(session: Session, plan: Plan) -> tuple[Problem, ...]:
+    """The containers the plan removes: a SuperExec of an earlier FL_ISOLATION=process, the
+    other FL_ROLE's; a failure is a problem on the record, not a reason to stop."""
     from agent.engine import EngineError
 
-    action = next((a for a in plan.actions if a.kind == ActionKind.REMOVE_CONTAINER), None)
-    if action is None or session.engine is None:
+    if session.engine is None:
         return ()
-    try:
-        session.engine.remove(action.target)
-    except EngineError as exc:
-        return (problem("container_start_failed", action.target, exc.message[:200]),)
-    return ()
+    problems: tuple[Problem, ...] = ()
+    for action in (a for a in plan.actions if a.kind == ActionKind.REMOVE_CONTAINER):
+        try:
+            session.engine.remove(action.target)
+        except EngineError as exc:
+            problems += (problem("container_remove_failed", action.target, exc.message[:200]),)
+    return problems
 
 
 def _converge(session: Session, spec, fallback, facts: Facts) -> ConvergeResult:

@@ -182,6 +182,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "the SuperLink's state or control directory could not be prepared",
         "check /var/lib/fl-agent: a writable file system with free space",
     ),
+    "container_remove_failed": (
+        "a container the agent no longer runs (an earlier FL_ISOLATION or FL_ROLE) could not be "
+        "removed",
+        "remove it with `docker rm -f <name>`; the next boot tries again",
+    ),
     "firewall_not_opened": (
         "the SuperLink's Fleet API port could not be opened in the appliance's firewall",
         "check `nft list table inet fl_agent` and /etc/fl-agent/firewall.d/superlink.nft; "

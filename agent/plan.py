@@ -84,7 +84,7 @@ class ActionKind(StrEnum):
     PREPARE_DATA_DIR = "prepare_data_dir"  # created when absent; never chmod-ed otherwise
     DEV_CHAR_LINKS = "dev_char_links"  # /dev/char links of the NVIDIA nodes (boot, GPU present)
     NODE_KEY = "node_key"  # the node's key pair (created once, kept); its public key published
-    REMOVE_CONTAINER = "remove_container"  # a SuperExec left from FL_ISOLATION=process
+    REMOVE_CONTAINER = "remove_container"  # left from FL_ISOLATION=process or another FL_ROLE
     CONVERGE = "converge"  # the spec, with the CPU fallback when the engine refuses the GPU
     WRITE_PIN = "write_pin"  # the SuperLink identity learned at first use, once the node runs
     ENSURE_TLS = "ensure_tls"  # superlink role: its CA and server certificate (or the operator's)
@@ -263,6 +263,7 @@ class PlanInputs:
     node_facts: nodefacts.GpuNodeFacts | None = None  # None: FL_NODE_FACTS=NO
     instance: Instance = field(default_factory=Instance)  # container names, local API port
     leftover_superexec: bool = False  # a SuperExec of this agent exists (inspected by observe)
+    other_role: tuple[str, ...] = ()  # the superlink role's container, left by an FL_ROLE change
 
 
 def make_plan(config: Config, inputs: PlanInputs) -> Plan:
@@ -373,6 +374,7 @@ def _actions(
         actions.append(Action(ActionKind.NODE_KEY, inputs.node_key_dir or ""))
     if inputs.leftover_superexec and plan.companion is None:
         actions.append(Action(ActionKind.REMOVE_CONTAINER, inputs.instance.superexec))
+    actions += [Action(ActionKind.REMOVE_CONTAINER, name) for name in inputs.other_role]
     if plan.companion is not None:
         actions.append(Action(ActionKind.CONVERGE, plan.companion.name))
     actions.append(Action(ActionKind.CONVERGE, plan.spec.name))

@@ -92,6 +92,7 @@ class SuperlinkInputs:
     state_dir_host: str
     control_dir_host: str
     blocking: tuple[Problem, ...] = ()
+    other_role: tuple[str, ...] = ()  # the SuperNode role's containers, left by an FL_ROLE change
 
     @property
     def host(self) -> str:
@@ -118,6 +119,7 @@ def make_superlink_plan(config: Config, inputs: SuperlinkInputs) -> Plan:
         actions.append(Action(ActionKind.ENSURE_TLS, inputs.tls.directory))
     actions.append(Action(ActionKind.PREPARE_STATE_DIR, inputs.state_dir_host))
     actions.append(Action(ActionKind.OPEN_FIREWALL, firewall.DROP_IN))
+    actions += [Action(ActionKind.REMOVE_CONTAINER, name) for name in inputs.other_role]
     actions.append(Action(ActionKind.CONVERGE, spec.name))
     endpoint = flower.fleet_endpoint(config.flower_version, LOOPBACK)
     actions.append(Action(ActionKind.WAIT_SERVING, endpoint))

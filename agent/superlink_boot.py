@@ -65,6 +65,7 @@ def observe(session: Session, facts: Facts) -> Facts:
     assert config is not None
     try:
         image = session.timed("image", _image, session, config.supernode_image)
+        other = _other_role(session)
     except AgentError as exc:
         return replace(facts, blocking=exc.problems)
     platform = facts.platform
@@ -77,8 +78,21 @@ def observe(session: Session, facts: Facts) -> Facts:
         state_dir_host=str(session.root.path(STATE_DIR)),
         control_dir_host=str(session.root.path(CONTROL_DIR)),
         blocking=problems,
+        other_role=other,
     )
     return replace(facts, image=image, superlink=inputs, blocking=problems)
+
+
+def _other_role(session: Session) -> tuple[str, ...]:
+    """This agent's SuperNode containers, left running by an FL_ROLE change."""
+    from agent import instance
+    from agent.boot import other_role_containers
+
+    try:
+        which = instance.current()
+    except ValueError as exc:
+        raise AgentError(Problem("invalid_value", instance.ENV, str(exc), "unset it")) from None
+    return other_role_containers(session.engine, which, (which.supernode, which.superexec))
 
 
 def observe_tls(
@@ -151,6 +165,8 @@ def run(session: Session, facts: Facts) -> Outcome:
 
 def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     """Perform the plan's actions, in order; every ending is recorded."""
+    from agent.boot import remove_leftovers
+
     config, inputs = facts.config, facts.superlink
     if plan.spec is None or config is None or inputs is None:
         return _end(session, plan, facts, BootState.FAILED, ())
@@ -166,6 +182,8 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     facts = replace(facts, superlink=replace(inputs, tls=material))
     plan = make_superlink_plan(config, facts.superlink)
     closed = session.timed("firewall", _open_firewall, session.root, config)
+    closed = (closed,) if closed else ()
+    closed += session.timed("remove_leftovers", remove_leftovers, session, plan)
     result = session.timed("converge", _converge, session, plan)
     if not result.running:
         return _end(session, plan, facts, BootState.FAILED, result.problems, result)
@@ -178,8 +196,7 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     reporter = session.progress.reporter
     if plan.has(ActionKind.REGISTER_NODES) and reporter is not None and reporter.enabled:
         registration = session.timed("registration", _register, session, config)
-    problems = (closed,) if closed else ()
-    problems += registration.problems if registration else ()
+    problems = closed + (registration.problems if registration else ())
     return _end(session, plan, facts, BootState.RUNNING, problems, result, registration)
 
 

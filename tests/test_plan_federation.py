@@ -138,6 +138,13 @@ def test_a_superexec_left_over_is_removed_when_isolation_is_subprocess() -> None
     assert not kept.has(ActionKind.REMOVE_CONTAINER)
 
 
+def test_a_superlink_left_by_a_role_change_is_removed_before_the_supernode_starts() -> None:
+    plan = make_plan(config(), inputs(other_role=("flower-superlink",)))
+    kinds = [(a.kind, a.target) for a in plan.actions]
+    removal = kinds.index((ActionKind.REMOVE_CONTAINER, "flower-superlink"))
+    assert removal < kinds.index((ActionKind.CONVERGE, plan.spec.name))
+
+
 def test_the_watch_checks_the_superexec_and_reads_the_supernodes_log() -> None:
     plan = make_plan(config(FL_ISOLATION="process"), inputs()).to_dict()
     record = {

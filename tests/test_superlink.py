@@ -107,6 +107,14 @@ def test_the_actions_come_in_order_and_registration_only_with_authentication():
     assert "--enable-supernode-auth" not in no_auth.spec.command
 
 
+def test_supernode_containers_left_by_a_role_change_are_removed_before_the_superlink_starts():
+    names = ("flower-supernode", "flower-superexec")
+    plan = make_superlink_plan(config(), inputs(other_role=names))
+    kinds = [(a.kind, a.target) for a in plan.actions]
+    converge = kinds.index((ActionKind.CONVERGE, plan.spec.name))
+    assert [kinds.index((ActionKind.REMOVE_CONTAINER, n)) < converge for n in names] == [1, 1]
+
+
 def test_without_tls_the_superlink_is_insecure_without_authentication_and_says_so():
     plan = make_superlink_plan(config(tls_enabled=False), inputs(TlsMaterial(NO_TLS)))
     assert "--insecure" in plan.spec.command
