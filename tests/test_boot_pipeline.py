@@ -11,7 +11,7 @@ import pytest
 
 from agent.boot import BootOptions, Facts, Progress, Session, apply, boot, plan_boot
 from agent.config import build_config
-from agent.context import Platform, Secret, render_context
+from agent.context import Platform, Secret
 from agent.discovery import Discovery
 from agent.errors import Problem
 from agent.outcome import BootState, ExitCode, Mode, Verdict, exit_code
@@ -19,6 +19,7 @@ from agent.paths import Root
 from agent.plan import ActionKind, ImageFacts
 from agent.validation import ValidationReport
 from emulators.onegate import OneGateEmulator
+from tests.context_cd import write_context_cd
 from tests.fixtures_gpu import (
     gpu_vm,
     h100,
@@ -57,10 +58,7 @@ def context_file(tmp_path: Path, onegate: OneGateEmulator | None = None, **varia
     }
     if onegate is not None:
         base.update(ONEGATE_ENDPOINT=onegate.endpoint, VMID=str(VMID), TOKEN="YES")
-        (directory / "token.txt").write_text(TOKEN + "\n")
-    path = directory / "context.sh"
-    path.write_text(render_context({**base, **variables}))
-    return path
+    return write_context_cd(directory, {**base, **variables}, TOKEN if onegate else None)
 
 
 def states(onegate: OneGateEmulator) -> list[dict[str, str]]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.context import render_context
 from bench.engine import PrivateEngine
 from emulators.onegate import OneGateEmulator
+from tests.context_cd import write_context_cd
 
 pytestmark = pytest.mark.docker
 
@@ -61,10 +61,7 @@ def context(tmp_path: Path, image: str, onegate: OneGateEmulator | None = None, 
     }
     if onegate is not None:
         variables.update(ONEGATE_ENDPOINT=onegate.endpoint, VMID=str(VMID), TOKEN="YES")
-        (directory / "token.txt").write_text(TOKEN + "\n")
-    path = directory / "context.sh"
-    path.write_text(render_context(variables))
-    return path
+    return write_context_cd(directory, variables, TOKEN if onegate else None)
 
 
 def start_boot(engine: PrivateEngine, root: Path, ctx: Path, *flags: str) -> subprocess.Popen:

@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 
 from agent import flower, instance, registration, tls
-from agent.context import render_context
 from agent.one import service as service_template
 from agent.one.inputs import INPUTS, ROLE_INPUTS, SHARED_INPUTS
 from agent.one.vmtemplate import Selection, TemplateRequest, render
@@ -42,6 +41,7 @@ from agent.paths import Root
 from agent.superlink import CONTAINER_NAME as SUPERLINK_CONTAINER
 from emulators import oneflow
 from emulators.onegate import OneGateEmulator
+from tests.context_cd import write_context_cd
 from tests.flower_federation import docker, load_flower_local, stop_group
 
 pytestmark = pytest.mark.docker
@@ -95,11 +95,8 @@ class Vm:
         self.vm_id = vm_id
         self.root = base / f"vm{vm_id}" / "root"
         (self.root / "sys/bus/pci/devices").mkdir(parents=True)  # no PCI GPU: CPU nodes
-        self.context = base / f"vm{vm_id}" / "cd" / "context.sh"
-        self.context.parent.mkdir(parents=True)
-        (self.context.parent / "token.txt").write_text(token + "\n")
         values = {**variables, "VMID": str(vm_id), "ETH0_IP": "127.0.0.1"}  # what oned adds
-        self.context.write_text(render_context(values))
+        self.context = write_context_cd(base / f"vm{vm_id}" / "cd", values, token)
         self.env = {**os.environ, "FL_AGENT_ROOT": str(self.root)}
         agent = NODES.get(vm_id)
         if agent is not None:

@@ -26,13 +26,13 @@ import pytest
 
 from agent import flower, nodeauth, registration, tls
 from agent.boot import BootOptions, boot
-from agent.context import render_context
 from agent.outcome import BootState
 from agent.paths import Root
 from agent.superlink import CONTAINER_NAME, FLOWER_USER
 from agent.supernode_status import SupernodeStatus, classify
 from agent.watch import Watch
 from emulators.onegate import OneGateEmulator
+from tests.context_cd import write_context_cd
 from tests.flower_federation import docker
 
 pytestmark = pytest.mark.docker
@@ -67,9 +67,6 @@ def superlink_setup(request, tmp_path, no_supernode):
             )
         onegate.add_service(1, "federation", {"superlink": [SUPERLINK_VM], "supernode": [11, 13]})
         onegate.add_service(2, "elsewhere", {"supernode": [OUTSIDER_VM]})
-        context = tmp_path / "cd" / "context.sh"
-        context.parent.mkdir()
-        (context.parent / "token.txt").write_text(TOKEN + "\n")
         variables = {
             "FL_ROLE": "superlink",
             "FLOWER_VERSION": version,
@@ -80,7 +77,7 @@ def superlink_setup(request, tmp_path, no_supernode):
             "VMID": str(SUPERLINK_VM),
             "TOKEN": "YES",
         }
-        context.write_text(render_context(variables))
+        context = write_context_cd(tmp_path / "cd", variables, TOKEN)
         root = Root(tmp_path / "root")
         try:
             yield root, context, onegate, keys, prefix, version

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.context import render_context
 from agent.gpu.health import GpuEvent, GpuHealth, HealthFacts
 from agent.onegate import ATTRIBUTES
 from agent.paths import Root
@@ -33,6 +32,7 @@ from agent.watch import (
     watch_state_path,
 )
 from emulators.onegate import OneGateEmulator
+from tests.context_cd import write_context_cd
 from tests.fixtures_gpu import H100_UUID, REPO, h100, nvml_env, nvml_stub  # noqa: F401
 from tests.test_gpu_access import STANDIN, gpu_engine  # noqa: F401 - the private GPU engine
 
@@ -155,12 +155,8 @@ def watch_tree(tmp_path: Path, onegate, rec: dict) -> tuple[Path, Path]:
     root = tmp_path / "root"
     (root / "var/lib/fl-agent").mkdir(parents=True)
     (root / "var/lib/fl-agent/state.json").write_text(json.dumps(rec))
-    context = tmp_path / "cd"
-    context.mkdir()
     variables = {"ONEGATE_ENDPOINT": onegate.endpoint, "VMID": str(VMID), "TOKEN": "YES"}
-    (context / "context.sh").write_text(render_context(variables))
-    (context / "token.txt").write_text("tok-42\n")
-    return root, context / "context.sh"
+    return root, write_context_cd(tmp_path / "cd", variables, "tok-42")
 
 
 def start_watch(root: Path, context: Path, env: dict, *args: str) -> subprocess.Popen:
