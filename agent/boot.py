@@ -22,7 +22,6 @@ container, no toolkit repair; its plan changes the GPU mode only on a confirmed 
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
@@ -758,8 +757,6 @@ def _node_key(session: Session, plan: Plan, facts: Facts) -> tuple[Facts, Proble
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)  # the agent's own directory; the container's user enters it
         key = session.timed("node_key", ensure_node_key, directory, owner)
-        if (key.private_key.stat().st_uid, key.private_key.stat().st_gid) != owner:
-            os.chown(key.private_key, *owner)  # the image's user changed since it was made
     except (OSError, ValueError) as exc:
         reason = str(getattr(exc, "strerror", None) or type(exc).__name__)
         return facts, problem("node_key_failed", facts.node_key_dir, reason)

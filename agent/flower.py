@@ -338,13 +338,23 @@ def unregister_node_args(version: str, node_id: int, cli_dir: str) -> list[str]:
     return ["supernode", "unregister", str(node_id), *where, "--format", "json"]
 
 
+MAX_NODE_ID = 2**64 - 1
+"""Flower's node ids are unsigned 64-bit integers."""
+
+
 def registered_node_id(stdout: str) -> int | None:
-    """The node id from `flwr supernode register --format json`, None when it failed."""
+    """The node id from `flwr supernode register --format json`, None when it failed or is not
+    a node id (a JSON integer 1..2**64-1: never a bool, a float, a negative number that a later
+    `unregister` argv would read as an option)."""
     try:
         answer = json.loads(stdout)
-        return int(answer["node-id"]) if answer.get("success") is True else None
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+    except ValueError:
         return None
+    if not isinstance(answer, dict) or answer.get("success") is not True:
+        return None
+    node_id = answer.get("node-id")
+    valid = type(node_id) is int and 0 < node_id <= MAX_NODE_ID
+    return node_id if valid else None
 
 
 CLI_CONNECTION = "fl-agent"

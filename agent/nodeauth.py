@@ -13,6 +13,7 @@ another service, or one that does not parse as a NIST EC key, is never registere
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,10 @@ def node_key_dir(root: Root) -> Path:
 def ensure_node_key(directory: Path, owner: tuple[int, int] | None = None) -> NodeKey:
     """The node's key pair, created at first use and kept (private key 0600) afterwards.
 
-    `owner` (uid, gid) owns the private key: the SuperNode container's user, which reads it.
-    A private key that no longer parses is replaced: the node's registration is lost either
-    way, and a new public key gets published and registered again.
+    `owner` (uid, gid) owns the private key: the SuperNode container's user, which reads it; a
+    kept key is given to a new owner (the image's user changed). A private key that no longer
+    parses is replaced: the node's registration is lost either way, and a new public key gets
+    published and registered again.
     """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,6 +65,10 @@ def ensure_node_key(directory: Path, owner: tuple[int, int] | None = None) -> No
             serialization.NoEncryption(),
         )
         write_atomic(private_path, pem, mode=0o600, owner=owner)
+    elif owner is not None:
+        found = private_path.stat()
+        if (found.st_uid, found.st_gid) != owner:
+            os.chown(private_path, *owner)
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )

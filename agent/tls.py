@@ -316,6 +316,9 @@ def operator_material_problems(
     from cryptography.exceptions import UnsupportedAlgorithm
 
     now = now or datetime.now(UTC)
+    usable, why = check_ca(ca_pem.decode("ascii", errors="replace"), now=now)
+    if usable is None:  # every SuperNode would refuse it (agent/discovery.py checks the same)
+        return (_operator_problem(f"FL_SSL_CA_CERT: {why}"),)
     try:
         facts = cert_facts(cert_pem, key_pem, ca_pem)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

@@ -253,7 +253,7 @@ def _search_path(dockerd: Path | None) -> tuple[str, ...]:
         with contextlib.suppress(OSError):
             for var in (dockerd / "environ").read_bytes().split(b"\0"):
                 if var.startswith(b"PATH="):
-                    return tuple(d for d in var[5:].decode().split(":") if d)
+                    return tuple(d for d in os.fsdecode(var[5:]).split(":") if d)
     return tuple(SERVICE_PATH.split(":"))
 
 

@@ -161,6 +161,13 @@ def test_every_row_has_a_node_auth_mechanism():
         ('{"success": false, "error-message": "Read-only file system"}', None),
         ("not json", None),
         ("[1, 2]", None),
+        ('{"success": true, "node-id": true}', None),
+        ('{"success": true, "node-id": -5}', None),
+        ('{"success": true, "node-id": 0}', None),
+        ('{"success": true, "node-id": 3.0}', None),
+        ('{"success": true, "node-id": "12"}', None),
+        ('{"success": true, "node-id": 18446744073709551616}', None),
+        ('{"success": true, "node-id": 18446744073709551615}', 18446744073709551615),
     ],
 )
 def test_registered_node_id(stdout, node_id):

@@ -29,6 +29,15 @@ def test_key_created_once_and_kept_0600(tmp_path):
     assert again == first
 
 
+def test_a_kept_key_is_given_to_a_new_owner_and_stays_the_same_key(tmp_path):
+    first = nodeauth.ensure_node_key(tmp_path / "k", owner=(49999, 49999))
+    assert (first.private_key.stat().st_uid, first.private_key.stat().st_gid) == (49999, 49999)
+    again = nodeauth.ensure_node_key(tmp_path / "k", owner=(1000, 1001))  # the image's user
+    stat = again.private_key.stat()
+    assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (1000, 1001, 0o600)
+    assert again.public_openssh == first.public_openssh
+
+
 def test_key_is_what_flower_loads(tmp_path):
     """flower-supernode loads the private key with load_ssh_private_key and needs an EC key;
     `flwr supernode register` loads the public key with load_ssh_public_key (flwr 1.25.0 and

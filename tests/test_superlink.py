@@ -216,6 +216,17 @@ def test_the_operators_material_is_taken_checked_and_its_key_never_shown(tmp_pat
     assert [p.name for p in alone.problems] == ["conflicting_values"]
 
 
+def test_an_operator_ca_the_supernodes_would_refuse_is_refused_on_the_superlink(tmp_path):
+    """A leaf certificate given as FL_SSL_CA_CERT: every SuperNode's discovery would refuse it
+    (not CA:TRUE), so the SuperLink says so once instead of publishing it."""
+    ca, cert, key = _operator_material(tmp_path)
+    values = {"FL_ROLE": "superlink", "FL_SSL_CA_CERT": b64(cert), "FL_SSL_CERT": b64(cert)}
+    result = build_config({**values, "FL_SSL_KEY": b64(key)})
+    _, problems = observe_tls(Root(tmp_path / "root"), result.config, (), None)
+    assert [p.name for p in problems] == ["tls_operator_material_invalid"]
+    assert "FL_SSL_CA_CERT" in problems[0].message
+
+
 UNKNOWN_ALGORITHM_KEY = """-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgkGCCqGSM49AwEHBG0wawIBAQQg3Pf6zyhF6m48Gx8pnD+eOG29RDuR
 ie5t8myCN5NeGO6hRANCAATMGifmK/NpLLQYqo4a/FhT2lbt6+tovFss3liRPMcD2i1MCPnVjZ/G

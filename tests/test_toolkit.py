@@ -200,6 +200,14 @@ def test_hook_is_looked_up_on_the_running_dockerds_path(root):
     assert facts.search_path == ("/opt/nvidia/bin", "/usr/bin")
 
 
+def test_a_dockerd_path_that_is_not_utf8_is_read_not_a_traceback(root):
+    proc = root.path("/proc/4242")
+    proc.mkdir(parents=True)
+    (proc / "comm").write_text("dockerd\n")
+    (proc / "environ").write_bytes(b"PATH=/usr/bin:/opt/\xff\0")
+    assert toolkit.detect(root).search_path == ("/usr/bin", "/opt/\udcff")
+
+
 def dockerd_started_at(root: Root, epoch: int) -> None:
     """A running dockerd under the root that started at `epoch` (btime + 0 ticks)."""
     proc = root.path("/proc/4242")
