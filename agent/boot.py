@@ -458,7 +458,10 @@ def _data_dir_refused(root: Root, path: Path) -> str | None:
     """FL_DATA_DIR's rules (agent/config.py) again, on the path with its symlinks resolved."""
     from agent.config import data_dir_problem
 
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        return f"it does not resolve: {exc}"
     try:
         inside = "/" + str(resolved.relative_to(root.prefix.resolve()))
     except ValueError:
@@ -613,17 +616,19 @@ def apply(session: Session, plan: Plan, facts: Facts, report: ValidationReport |
     companion = None
     if plan.companion is not None:
         companion = session.timed(
-            "converge_companion", _converge, session, plan.companion, None, facts
+            "converge_companion", converge_container, session, plan.companion, None, facts
         )
         if not companion.running:
             ending = Ending(
                 BootState.FAILED, plan.problems + companion.problems, companion=companion
             )
             return _record(session, plan, facts, report, ending)
-    result = session.timed("converge", _converge, session, plan.spec, plan.fallback, facts)
+    result = session.timed("converge", converge_container, session, plan.spec, plan.fallback, facts)
     if result.running and result.gpu_start_error and plan.companion_fallback is not None:
         fallback = plan.companion_fallback  # the SuperNode's node config says CPU now
-        companion = session.timed("converge_companion", _converge, session, fallback, None, facts)
+        companion = session.timed(
+            "converge_companion", converge_container, session, fallback, None, facts
+        )
         if not companion.running:
             result = replace(result, problems=companion.problems)
     if not result.running:
@@ -653,16 +658,15 @@ def _prepare(
     """The actions that change what observe saw (the image pull, the toolkit install); then
     the validation resumes where it waited and the same make_plan decides over the new facts.
     """
-    from agent import engine, toolkit, validation
+    from agent import toolkit, validation
 
     config, observed = facts.config, facts.observed
     assert config is not None and session.engine is not None
     if plan.has(ActionKind.PULL_IMAGE):
-        failed = session.timed("image", engine.pull, session.engine, config.supernode_image)
-        if failed is not None:
+        failed, image = pull_image(session, config.supernode_image)
+        if image is None:
             facts = replace(facts, blocking=(failed,))
             return make_plan(config, plan_inputs(facts, report)), facts, report
-        image = _image(session, config.supernode_image)
         facts = replace(facts, image=image)
         observed = replace(observed, image=image) if observed else None
     repaired = None
@@ -693,6 +697,20 @@ def _prepare(
         )
     inputs = plan_inputs(facts, report, toolkit_tried=repaired is not None)
     return make_plan(config, inputs), facts, report
+
+
+def pull_image(session: Session, reference: str) -> tuple[Problem | None, ImageFacts | None]:
+    """Pull the image and read its facts again: (None, facts), or (the problem, None) when the
+    pull failed or the engine stopped answering right after it."""
+    from agent import engine
+
+    failed = session.timed("image", engine.pull, session.engine, reference)
+    if failed is not None:
+        return failed, None
+    try:
+        return None, _image(session, reference)
+    except AgentError as exc:
+        return exc.first, None
 
 
 def _prepare_files(session: Session, plan: Plan, facts: Facts) -> Problem | None:
@@ -792,7 +810,7 @@ def remove_leftovers(session: Session, plan: Plan) -> tuple[Problem, ...]:
     return problems
 
 
-def _converge(session: Session, spec, fallback, facts: Facts) -> ConvergeResult:
+def converge_container(session: Session, spec, fallback, facts: Facts) -> ConvergeResult:
     """Converge the container; a SuperNode whose key the SuperLink refused waits for the key's
     registration (agent/engine.py await_registration), the key published first with the full
     OneGate budget: the STARTING report that carried it may have been only queued, and a

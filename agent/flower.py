@@ -347,9 +347,13 @@ def registered_node_id(stdout: str) -> int | None:
     a node id (a JSON integer 1..2**64-1: never a bool, a float, a negative number that a later
     `unregister` argv would read as an option)."""
     try:
-        answer = json.loads(stdout)
+        return node_id_of(json.loads(stdout))
     except ValueError:
         return None
+
+
+def node_id_of(answer: object) -> int | None:
+    """The node id of register's parsed JSON answer (see `registered_node_id`)."""
     if not isinstance(answer, dict) or answer.get("success") is not True:
         return None
     node_id = answer.get("node-id")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ from agent.superlink import CLI_DIR, CONTAINER_NAME, CONTROL_DIR, CONTROL_MOUNT,
 
 REGISTRY_FILE = "superlink-nodes.json"
 MAX_NODES = 1000
+PASS_BUDGET_S = 300.0
+"""A pass stops starting new flwr calls after this long (each call has its own engine timeout);
+what is left waits for the next pass."""
 """At most this many keys are registered: a service document listing more is cut here."""
 MAX_REGISTRY_BYTES = 1024 * 1024
 EXEC_TIMEOUT_S = 60.0
@@ -154,7 +158,10 @@ def apply_registration(
     ]
     diff = nodeauth.registration_diff(keys, registered)
     current, added, removed = dict(registered), [], []
+    deadline = time.monotonic() + PASS_BUDGET_S
     for key in diff.register:
+        if _cut_short(deadline, problems):
+            break
         node_id = _register(root, flwr, version, key)
         if node_id is None:
             problems.append(_failed(_short_key(key), "flwr supernode register did not succeed"))
@@ -163,6 +170,8 @@ def apply_registration(
         added.append(node_id)
         problems += _saved(root, current)
     for node_id in diff.unregister:
+        if _cut_short(deadline, problems):
+            break
         argv = flower.unregister_node_args(version, node_id, CLI_HOME)
         if not _succeeded(flwr(argv)):
             problems.append(_failed(f"node {node_id}", "flwr supernode unregister did not succeed"))
@@ -179,12 +188,22 @@ def _register(root: Root, flwr: FlwrRunner, version: str, key: str) -> int | Non
     """Hand the key over as a file in the control directory, register it, remove the file."""
     name = hashlib.sha256(key.encode()).hexdigest()[:16] + ".pub"
     path = root.path(CONTROL_DIR) / KEYS_DIR / name
-    write_atomic(path, key + "\n", mode=0o644)
+    try:
+        write_atomic(path, key + "\n", mode=0o644)
+    except OSError:
+        return None  # a full or read-only disk: this key waits for the next pass
     try:
         argv = flower.register_node_args(version, f"{CONTROL_MOUNT}/{KEYS_DIR}/{name}", CLI_HOME)
-        return flower.registered_node_id(_json_text(flwr(argv)))
+        return flower.node_id_of(_answer(flwr(argv)))
     finally:
         path.unlink(missing_ok=True)
+
+
+def _cut_short(deadline: float, problems: list[Problem]) -> bool:
+    if time.monotonic() <= deadline:
+        return False
+    problems.append(_failed("the service", f"pass cut short after {PASS_BUDGET_S:.0f} s"))
+    return True
 
 
 def _saved(root: Root, registered: dict[str, int]) -> list[Problem]:
@@ -214,11 +233,6 @@ def _answer(output: str) -> dict:
         if isinstance(found, dict) and "success" in found:
             return found
     return {}
-
-
-def _json_text(output: str) -> str:
-    """flwr's answer as JSON text, for flower.registered_node_id."""
-    return json.dumps(_answer(output))
 
 
 def _short_key(key: str) -> str:

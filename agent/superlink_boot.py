@@ -165,7 +165,7 @@ def run(session: Session, facts: Facts) -> Outcome:
 
 def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     """Perform the plan's actions, in order; every ending is recorded."""
-    from agent.boot import remove_leftovers
+    from agent.boot import converge_container, remove_leftovers
 
     config, inputs = facts.config, facts.superlink
     if plan.spec is None or config is None or inputs is None:
@@ -184,7 +184,7 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
     closed = session.timed("firewall", _open_firewall, session.root, config)
     closed = (closed,) if closed else ()
     closed += session.timed("remove_leftovers", remove_leftovers, session, plan)
-    result = session.timed("converge", _converge, session, plan)
+    result = session.timed("converge", converge_container, session, plan.spec, None, facts)
     if not result.running:
         return _end(session, plan, facts, BootState.FAILED, result.problems, result)
     silent = session.timed("serving", _silent_port, config, session.options.serve_wait_s)
@@ -203,16 +203,10 @@ def apply(session: Session, plan: Plan, facts: Facts) -> Outcome:
 def _pull(
     session: Session, config: Config, inputs: SuperlinkInputs
 ) -> tuple[Problem | None, SuperlinkInputs]:
-    from agent import engine
-    from agent.boot import _image
+    from agent.boot import pull_image
 
-    failed = session.timed("image", engine.pull, session.engine, config.supernode_image)
-    if failed is not None:
-        return failed, inputs
-    try:
-        return None, replace(inputs, image=_image(session, config.supernode_image))
-    except AgentError as exc:
-        return exc.first, inputs
+    failed, image = pull_image(session, config.supernode_image)
+    return failed, replace(inputs, image=image) if image is not None else inputs
 
 
 def _prepare_files(root: Root, config: Config, inputs: SuperlinkInputs) -> Problem | None:
@@ -279,18 +273,6 @@ def _open_firewall(root: Root, config: Config) -> Problem | None:
     release = flower.release_for(config.flower_version)
     assert release is not None  # build_config accepts only versions of the table
     return firewall.open_ports(root, (release.fleet_port,), firewall.live_runner(root))
-
-
-def _converge(session: Session, plan: Plan) -> ConvergeResult:
-    from agent import engine
-
-    assert plan.spec is not None and session.engine is not None
-    return engine.converge(
-        session.engine,
-        plan.spec,
-        stability_s=session.options.stability_s,
-        reconnect_s=session.options.docker_timeout_s,
-    )
 
 
 def _silent_port(config: Config, wait_s: float) -> int | None:

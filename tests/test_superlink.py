@@ -219,7 +219,7 @@ def test_the_operators_material_is_taken_checked_and_its_key_never_shown(tmp_pat
 def test_an_operator_ca_the_supernodes_would_refuse_is_refused_on_the_superlink(tmp_path):
     """A leaf certificate given as FL_SSL_CA_CERT: every SuperNode's discovery would refuse it
     (not CA:TRUE), so the SuperLink says so once instead of publishing it."""
-    ca, cert, key = _operator_material(tmp_path)
+    _, cert, key = _operator_material(tmp_path)
     values = {"FL_ROLE": "superlink", "FL_SSL_CA_CERT": b64(cert), "FL_SSL_CERT": b64(cert)}
     result = build_config({**values, "FL_SSL_KEY": b64(key)})
     _, problems = observe_tls(Root(tmp_path / "root"), result.config, (), None)
@@ -334,6 +334,17 @@ def test_a_refused_registration_is_a_problem_and_tried_again_next_pass(tmp_path)
     assert again.count == 1
 
 
+def test_a_pass_past_its_budget_stops_starting_flwr_calls(tmp_path, monkeypatch):
+    root = Root(tmp_path / "root")
+    (a,) = keys(tmp_path, "a")
+    wanted = nodeauth.service_node_keys(service(("supernode", "2", a)))
+    monkeypatch.setattr(registration, "PASS_BUDGET_S", -1.0)
+    flwr = FakeFlwr(root)
+    cut = registration.apply_registration(root, flwr, "1.42.0", wanted, {})
+    assert flwr.calls == [] and cut.count == 0
+    assert "cut short" in cut.problems[0].message
+
+
 def test_the_1_25_cli_names_its_app_directory():
     argv = flower.register_node_args("1.25.0", "/k.pub", registration.CLI_HOME)
     assert argv[3:5] == [registration.CLI_HOME, flower.CLI_CONNECTION]
@@ -370,7 +381,7 @@ def test_an_unreadable_service_changes_nothing(tmp_path):
 )
 def test_flwrs_answer_is_its_last_json_object(output, succeeded):
     assert registration._succeeded(output) is succeeded
-    node_id = flower.registered_node_id(registration._json_text(output))
+    node_id = flower.node_id_of(registration._answer(output))
     assert node_id == (42 if succeeded and "42" in output else None)
 
 
