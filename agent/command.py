@@ -53,6 +53,22 @@ def run_command(
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        out, err = _drain(proc)
         return RunResult(124, f"{out}\ntimed out after {timeout:.0f}s", err or "")
     return RunResult(proc.returncode, out, err or "")
+
+
+DRAIN_S = 2.0
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    """What the killed group printed; a process that left the group (`setsid cmd &`) may hold
+    the pipe open forever, so the read is bounded and the pipes are closed after it."""
+    try:
+        return proc.communicate(timeout=DRAIN_S)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait()
+        return "", ""

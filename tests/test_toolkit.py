@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -525,6 +527,17 @@ def test_the_default_runner_kills_on_timeout():
     result = toolkit.run_command(["sh", "-c", "sleep 5 & sleep 5"], timeout=0.3)
     assert result.returncode == 124 and "timed out" in result.output
     assert toolkit.run_command(["/nonexistent/tool"], timeout=1).returncode == 127
+
+
+def test_a_process_that_left_the_group_cannot_hold_the_runner(tmp_path):
+    """`setsid cmd &` (a READY_SCRIPT the VM's owner writes) keeps the output pipe open after
+    the group is killed: the runner still returns within its timeout and the drain bound."""
+    pid_file = tmp_path / "pid"
+    script = f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' & sleep 60"
+    started = time.monotonic()
+    result = toolkit.run_command(["sh", "-c", script], timeout=0.5)
+    assert result.returncode == 124 and time.monotonic() - started < 10
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the escaped sleeper, ours to end
 
 
 def test_the_default_runner_does_not_restart_the_machines_engine(root, repo):
