@@ -180,9 +180,11 @@ def _watch_status(root) -> dict | None:
         return None
     try:
         shown = status_attributes(WatchState.from_dict(data))
-    except (TypeError, ValueError, KeyError):
-        return {"error": "the watch state is unreadable"}
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return {"error": "the watch state is unreadable", "problems": []}
     loss = data.get("gpu_loss") or {}
+    if not isinstance(loss, dict) or not isinstance(loss.get("uuids", []), list):
+        loss = {}
     return {
         "updated_at": data.get("updated_at"),
         "attributes": shown,
@@ -208,10 +210,12 @@ def _status_text(data: dict) -> str:
         if watch.get("gpu_loss"):
             loss = watch["gpu_loss"]
             text += (
-                f"  gpu loss: {';'.join(loss['uuids'])} on {loss['observations']} observations"
-                f"{' (confirmed)' if loss.get('confirmed') else ''} since {loss['since']}\n"
+                f"  gpu loss: {';'.join(map(str, loss.get('uuids', [])))} on "
+                f"{loss.get('observations')} observations"
+                f"{' (confirmed)' if loss.get('confirmed') else ''} since {loss.get('since')}\n"
             )
-        text += "".join(f"  problem: {p['name']}: {p['message']}\n" for p in watch["problems"])
+        problems = [p for p in watch.get("problems") or () if isinstance(p, dict)]
+        text += "".join(f"  problem: {p.get('name')}: {p.get('message')}\n" for p in problems)
     remote = data.get("remote")
     if remote is not None:
         rows = {k: v for k, v in remote.items() if k != "attributes"}

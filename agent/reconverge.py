@@ -16,7 +16,6 @@ only a confirmed loss of the GPUs the container was given changes it:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from agent.gpu.health import HealthFacts
 from agent.outcome import READY, BootState, Mode
 from agent.paths import Root
 from agent.plan import Established
+from agent.state import read_json_object
 
 WATCH_STATE_FILE = "watch.json"  # agent/watch.py's state, under the state directory
 
@@ -39,11 +39,12 @@ def established(
         return None
     mode = record.get("mode")
     if mode == Mode.CPU:
-        degraded = record["state"] == BootState.DEGRADED and record.get("problems")
-        return Established(Mode.CPU, problem=Problem(**record["problems"][0]) if degraded else None)
+        degraded = record["state"] == BootState.DEGRADED
+        return Established(Mode.CPU, problem=_first_problem(record) if degraded else None)
     if mode != Mode.GPU:
         return None
-    spec = (record.get("plan") or {}).get("spec") or {}
+    plan = record.get("plan")
+    spec = (plan.get("spec") if isinstance(plan, dict) else None) or {}
     uuids = tuple(spec.get("gpu_device_ids") or ())
     expected = uuids or inventory(record)
     lost = watch_confirmed_loss(root) or host_loss(read_health(), expected)
@@ -55,6 +56,17 @@ def inventory(record: dict[str, Any]) -> tuple[str, ...]:
     validation = record.get("validation") or {}
     gpus = ((validation.get("facts") or {}).get("nvml") or {}).get("gpus") or ()
     return tuple(g["uuid"] for g in gpus if g.get("uuid"))
+
+
+def _first_problem(record: dict) -> Problem | None:
+    """The first problem of a recorded DEGRADED boot, as the record keeps it (None when the
+    record holds none in that shape)."""
+    problems = record.get("problems")
+    first = problems[0] if isinstance(problems, list) and problems else None
+    try:
+        return Problem(**first) if isinstance(first, dict) else None
+    except TypeError:
+        return None
 
 
 def host_loss(facts: HealthFacts, expected: tuple[str, ...]) -> tuple[str, ...]:
@@ -71,11 +83,8 @@ def host_loss(facts: HealthFacts, expected: tuple[str, ...]) -> tuple[str, ...]:
 
 def watch_confirmed_loss(root: Root) -> tuple[str, ...]:
     """The GPUs whose loss the watch confirmed during this VM boot (empty: none)."""
-    try:
-        state = json.loads((root.state_dir / WATCH_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return ()
-    if not isinstance(state, dict) or state.get("boot_id", "") != boot_id(root):
+    state = read_json_object(root.state_dir / WATCH_STATE_FILE)
+    if state is None or state.get("boot_id", "") != boot_id(root):
         return ()
     loss = state.get("gpu_loss") or {}
     return tuple(loss.get("uuids") or ()) if loss.get("confirmed") else ()

@@ -50,10 +50,17 @@ def write_private_json(path: Path, data: dict, what: str) -> Problem | None:
 
 def read_state(root: Root) -> dict | None:
     """The last boot's record, or None when no boot has run (or the file is unreadable)."""
+    return read_json_object(state_path(root))
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object the agent wrote; None when absent, unreadable or not an object (a file
+    another version or a hand edit left must not become a traceback)."""
     try:
-        return json.loads(state_path(root).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from agent.gpu import health as gpu_health
 from agent.outcome import problem
 from agent.paths import Root
 from agent.reconverge import WATCH_STATE_FILE, boot_id, host_loss, inventory
-from agent.state import boot_lock, read_state, write_private_json
+from agent.state import boot_lock, read_json_object, read_state, write_private_json
 from agent.supernode_status import LogState, SupernodeStatus, advance
 
 DEFAULT_INTERVAL_S = 60.0
@@ -186,12 +186,7 @@ def watch_state_path(root: Root) -> Path:
 
 def read_watch_state(root: Root) -> dict[str, Any] | None:
     """The watch's last state as JSON (what `fl-agent status` shows); None when absent."""
-    import json
-
-    try:
-        return json.loads(watch_state_path(root).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_object(watch_state_path(root))
 
 
 def load_state(root: Root) -> WatchState:
@@ -599,12 +594,13 @@ class Watch:
         if not updates and not deletes:
             return
         reporter = self._reporter_or_none()
-        if reporter is not None:
-            try:
-                reporter.send(updates, deletes, timeout_s=5.0)
-            except Exception as exc:
-                self._problem("onegate_report_failed", "OneGate", str(exc))
-                return  # not handed over: tried again at the next change or tick
+        if reporter is None:
+            return  # nothing handed over: not marked sent, tried again at the next tick
+        try:
+            reporter.send(updates, deletes, timeout_s=5.0)
+        except Exception as exc:
+            self._problem("onegate_report_failed", "OneGate", str(exc))
+            return  # not handed over: tried again at the next change or tick
         _log().info("reported", updates=updates, deletes=list(deletes))
         self.state = replace(self.state, sent=now)
 

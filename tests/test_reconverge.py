@@ -243,3 +243,36 @@ def test_re_convergence_keeps_the_gpu_container_then_a_confirmed_loss_moves_it_t
     assert ident != booted[0] and (mode, gpus) == ("CPU", False)
     code, record = periodic(env, root, ctx)  # and stays there until a real boot
     assert (code, record["mode"]) == (3, "CPU") and inspect(gpu_engine)[0] == ident
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"state": "DEGRADED", "mode": "CPU", "problems": ["x"]},
+        {"state": "DEGRADED", "mode": "CPU", "problems": [{"unexpected": 1}]},
+        {"state": "RUNNING", "mode": "GPU", "plan": "x"},
+    ],
+)
+def test_a_state_file_of_another_shape_is_no_traceback(tmp_path, record):
+    found = established(Root(tmp_path), record, lambda: healthy(H100_UUID))
+    assert found is not None and found.mode == record["mode"]
+
+
+@pytest.mark.parametrize(
+    "watch_json",
+    ["[1]", '{"supernode": {"status": "BOGUS"}}', '{"gpu_loss": {"observations": 2}}',
+     '{"problems": ["x"], "gpu_loss": {"observations": 1, "uuids": "x"}}'],
+)  # fmt: skip
+def test_status_and_the_next_watch_read_any_watch_state(tmp_path, watch_json):
+    """An upgrade or a hand edit may leave a watch state this version does not write."""
+    root = Root(tmp_path)
+    root.state_dir.mkdir(parents=True)
+    (root.state_dir / "watch.json").write_text(watch_json)
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "--root", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in shown.stderr and shown.returncode == 1, shown.stderr
+    assert watch_confirmed_loss(root) == ()
