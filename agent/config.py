@@ -227,11 +227,13 @@ class _Reader:
         )
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        """One of `options`, matched case-insensitively and returned as `options` spell it."""
         raw = self.get(name)
         if raw is None:
             return default
-        if raw.strip().upper() in options:
-            return raw.strip().upper()
+        spelled = {option.upper(): option for option in options}
+        if raw.strip().upper() in spelled:
+            return spelled[raw.strip().upper()]
         self.bad(name, raw, ", ".join(options) + " (case-insensitive)")
         return default
 
@@ -257,7 +259,7 @@ def build_config(
     r = _Reader(variables)
     version = _flower_version(r, baked_flower_version)
     values = {
-        "role": _role(r),
+        "role": r.choice("FL_ROLE", ROLES, "supernode"),
         "gpu_enabled": r.choice("FL_GPU_ENABLED", ("YES", "NO", "AUTO"), "AUTO"),
         "gpu_required": r.yes_no("FL_GPU_REQUIRED", False),
         "cuda_visible_devices": _devices(r),
@@ -266,9 +268,9 @@ def build_config(
         "node_config": _node_config(r),
         "flower_version": version,
         "supernode_image": _image(r, version),
-        "flower_version_set": r.get("FLOWER_VERSION") is not None,
-        "supernode_image_set": r.get("FL_SUPERNODE_IMAGE") is not None,
-        "isolation": _isolation(r),
+        "flower_version_set": "FLOWER_VERSION" in r.sources,
+        "supernode_image_set": "FL_SUPERNODE_IMAGE" in r.sources,
+        "isolation": r.choice("FL_ISOLATION", ISOLATIONS, "subprocess"),
         "log_level": r.choice("FL_LOG_LEVEL", LOG_LEVELS, "INFO"),
         "max_retries": r.integer("FL_MAX_RETRIES"),
         "max_wait_time": r.integer("FL_MAX_WAIT_TIME"),
@@ -320,26 +322,6 @@ def _image(r: _Reader, version: str) -> str:
         "a Docker image reference such as registry:5000/repo/name:tag or repo/name@sha256:<hex>",
     )
     return flower.default_image(version)
-
-
-def _role(r: _Reader) -> str:
-    raw = r.get("FL_ROLE")
-    if raw is None:
-        return "supernode"
-    if raw.strip().lower() in ROLES:
-        return raw.strip().lower()
-    r.bad("FL_ROLE", raw, ", ".join(ROLES) + " (case-insensitive)")
-    return "supernode"
-
-
-def _isolation(r: _Reader) -> str:
-    raw = r.get("FL_ISOLATION")
-    if raw is None:
-        return "subprocess"
-    if raw.strip().lower() in ISOLATIONS:
-        return raw.strip().lower()
-    r.bad("FL_ISOLATION", raw, ", ".join(ISOLATIONS))
-    return "subprocess"
 
 
 def _devices(r: _Reader) -> tuple[DeviceSelector, ...] | None:
