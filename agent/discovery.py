@@ -376,13 +376,9 @@ class _Run:
         published = self.superlink.get("FL_VERSION", "").strip()
         if not self.config.flower_version_set and flower.release_for(published) is not None:
             version = published  # the version this node pairs with (agent/pairing.py)
-        release = flower.release_for(version)
-        port = release.fleet_port if release else flower.RELEASES[-1].fleet_port
-        host = f"[{self.superlink_ip}]" if ":" in (self.superlink_ip or "") else self.superlink_ip
-        self.notes.append(
-            f"{why}: using its first NIC IP with Flower {version}'s fleet port {port}"
-        )
-        self._found_address(f"{host}:{port}", f"NIC of SuperLink VM {self.superlink_vm}")
+        address = flower.fleet_endpoint(version, self.superlink_ip or "")
+        self.notes.append(f"{why}: using its first NIC IP with Flower {version}'s fleet port")
+        self._found_address(address, f"NIC of SuperLink VM {self.superlink_vm}")
 
     def _found_address(self, address: str, source: str) -> None:
         if parse_host_port(address) is None:

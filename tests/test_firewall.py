@@ -6,10 +6,14 @@ The runner stands in for `nft` (tests never touch the host's nftables); the appl
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 from agent import firewall
 from agent.command import RunResult
 from agent.paths import Root
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Nft:
@@ -68,3 +72,18 @@ def test_a_version_change_rewrites_the_drop_in_keeping_a_backup(tmp_path):
 
 def test_fixture_roots_never_reach_the_hosts_nftables(tmp_path):
     assert firewall.live_runner(Root(tmp_path)) is None
+
+
+def test_the_drop_in_is_valid_nftables_beside_the_images_table(tmp_path):
+    """The real `nft -c` (check only: nothing is applied to this machine) reads the image's
+    table followed by the drop-in, as the firewall unit loads them."""
+    table = (REPO / "systemd/fl-agent-firewall.nft").read_text()
+    firewall.open_ports(Root(tmp_path), (9092, 8000), None)
+    drop_in = Root(tmp_path).path(firewall.DROP_IN).read_text()
+    combined = tmp_path / "combined.nft"
+    kept = [line for line in table.splitlines() if not line.startswith("include ")]
+    combined.write_text("\n".join(kept) + "\n" + drop_in)
+    checked = subprocess.run(["nft", "-c", "-f", str(combined)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    combined.write_text("\n".join(kept) + "\n" + drop_in.replace("}", ""))
+    assert subprocess.run(["nft", "-c", "-f", str(combined)], capture_output=True).returncode

@@ -268,8 +268,11 @@ def test_context_raw_masks_the_operators_key(tmp_path):
 class FakeFlwr:
     """Answers `flwr supernode register/unregister --format json` as Flower 1.42 prints it."""
 
-    def __init__(self, root: Root, fail: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, root: Root, fail: frozenset[str] = frozenset(), fail_unregister: bool = False
+    ) -> None:
         self.root, self.fail, self.next_id, self.calls = root, fail, 100, []
+        self.fail_unregister = fail_unregister
 
     def __call__(self, argv: list[str]) -> str:
         self.calls.append(argv)
@@ -280,6 +283,8 @@ class FakeFlwr:
                 return '{"success": false, "error-message": "refused"}'
             self.next_id += 1
             return f'Loading...\n{{"success": true, "node-id": {self.next_id}}}\n'
+        if self.fail_unregister:
+            return '{"success": false, "error-message": "Control API unavailable"}'
         return '{\n  "success": true\n}'
 
 
@@ -343,6 +348,20 @@ def test_a_pass_past_its_budget_stops_starting_flwr_calls(tmp_path, monkeypatch)
     cut = registration.apply_registration(root, flwr, "1.42.0", wanted, {})
     assert flwr.calls == [] and cut.count == 0
     assert "cut short" in cut.problems[0].message
+
+
+def test_a_failed_unregistration_keeps_the_node_in_the_registry(tmp_path):
+    """Forgetting a node Flower still has registered would leave it admitted for good."""
+    root = Root(tmp_path / "root")
+    (a,) = keys(tmp_path, "a")
+    registration.write_registry(root, {a: 7})
+    flwr = FakeFlwr(root, fail_unregister=True)
+    gone = nodeauth.service_node_keys(service())
+    kept = registration.apply_registration(root, flwr, "1.42.0", gone, {a: 7})
+    assert flwr.calls and flwr.calls[0][:3] == ["supernode", "unregister", "7"]
+    assert kept.registered == {a: 7} and kept.removed == ()
+    assert [p.name for p in kept.problems] == ["node_registration_failed"]
+    assert registration.read_registry(root) == {a: 7}
 
 
 def test_the_1_25_cli_names_its_app_directory():
