@@ -401,15 +401,12 @@ def _observe_instance(session: Session, facts: Facts) -> Facts:
 
     config = facts.config
     assert config is not None
-    try:
-        which = instance.current()
-    except ValueError as exc:
-        raise AgentError(Problem("invalid_value", instance.ENV, str(exc), "unset it")) from None
+    which = instance.current()
     key_dir = str(nodeauth.node_key_dir(session.root)) if config.uses_node_key else None
     leftover = False
     if config.isolation != "process" and session.engine is not None:
         leftover = _managed(session.engine, which.superexec)
-    other = other_role_containers(session.engine, which, ())
+    other = other_role_containers(session.engine, which, (instance.SUPERLINK,))
     return replace(
         facts, instance=which, node_key_dir=key_dir, leftover_superexec=leftover, other_role=other
     )
@@ -417,14 +414,12 @@ def _observe_instance(session: Session, facts: Facts) -> Facts:
 
 def other_role_containers(engine: Engine | None, which: Instance, names: tuple[str, ...]):
     """The containers of the other FL_ROLE this agent left running (a VM whose role changed):
-    `names` that carry the agent's label, or, for a SuperNode, the superlink role's. Only the
-    appliance's single agent (no --instance) looks: several agents on one engine are the
-    tests' and the demo's, where the other role's containers belong to another agent."""
-    from agent.superlink import CONTAINER_NAME as SUPERLINK
-
+    `names` that carry the agent's label. Only the appliance's single agent (no --instance)
+    looks: several agents on one engine are the tests' and the demo's, where the other role's
+    containers belong to another agent."""
     if engine is None or which.number is not None:
         return ()
-    return tuple(name for name in names or (SUPERLINK,) if _managed(engine, name))
+    return tuple(name for name in names if _managed(engine, name))
 
 
 def _managed(engine: Engine, name: str) -> bool:

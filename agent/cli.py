@@ -546,13 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from agent import instance, log
+    from agent.errors import AgentError
 
     if args.instance is not None:
         os.environ[instance.ENV] = args.instance
     try:
         instance.current()
-    except ValueError as exc:
-        print(f"fl-agent: {exc}", file=sys.stderr)
+    except AgentError as exc:
+        print(f"fl-agent: {exc.first.message}", file=sys.stderr)
         return ExitCode.INVALID
 
     log.configure(args.log_level)

@@ -16,10 +16,14 @@ import os
 import re
 from dataclasses import dataclass
 
+from agent.errors import AgentError, Problem
+
 ENV = "FL_AGENT_INSTANCE"
 MAX_INSTANCE = 99
 SUPERNODE = "flower-supernode"
 SUPEREXEC = "flower-superexec"
+SUPERLINK = "flower-superlink"
+"""The superlink role's container: one per machine, whatever the instance."""
 DEFAULT_LOCAL_PORT = 9094
 """flower-supernode's own default ClientAppIO/Runtime API port."""
 INSTANCE_PORT_BASE = 39100
@@ -63,5 +67,9 @@ def parse(text: str | None) -> Instance:
 
 
 def current() -> Instance:
-    """This process's instance, from its environment (the CLI sets it from --instance)."""
-    return parse(os.environ.get(ENV))
+    """This process's instance, from its environment (the CLI sets it from --instance);
+    AgentError (invalid_value) when that is not one."""
+    try:
+        return parse(os.environ.get(ENV))
+    except ValueError as exc:
+        raise AgentError(Problem("invalid_value", ENV, str(exc), "unset it")) from None

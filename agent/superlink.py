@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from agent import firewall, flower
+from agent import firewall, flower, instance
 from agent.config import Config
 from agent.errors import Problem
 from agent.outcome import Mode
@@ -35,7 +35,7 @@ from agent.plan import (
 )
 
 ROLE = "superlink"
-CONTAINER_NAME = "flower-superlink"
+CONTAINER_NAME = instance.SUPERLINK
 STATE_DIR = "/var/lib/fl-agent/superlink"
 """The SuperLink's database (runs, registered nodes): owned by its user, kept across reboots."""
 CONTROL_DIR = "/var/lib/fl-agent/superlink-control"

@@ -88,10 +88,7 @@ def _other_role(session: Session) -> tuple[str, ...]:
     from agent import instance
     from agent.boot import other_role_containers
 
-    try:
-        which = instance.current()
-    except ValueError as exc:
-        raise AgentError(Problem("invalid_value", instance.ENV, str(exc), "unset it")) from None
+    which = instance.current()
     return other_role_containers(session.engine, which, (which.supernode, which.superexec))
 
 

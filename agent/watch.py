@@ -52,6 +52,10 @@ enough: a fabric or driver blip passes, a GPU off the bus stays off."""
 EVENT_WAIT_MS = 1000  # one wait on NVML's event set; SIGTERM is seen within it
 MAX_EVENTS = 32  # kept across watch restarts within one VM boot
 LOG_FIRST_TAIL = 500  # lines of a container's log read when the watch first sees it
+LOG_SINCE_TAIL = 2000
+"""The newest lines read since the last tick at most: a ClientApp that prints a lot (its code
+comes from whoever submits runs) or a long gap since the last read never costs more; the
+status the log gives is in its newest lines."""
 EXEC_TIMEOUT_S = 30.0
 
 STATUS_ATTRIBUTE = "FL_SUPERNODE_STATUS"
@@ -286,7 +290,7 @@ class Docker:
         """(timestamp, line) of the log after `since` (None: its last LOG_FIRST_TAIL lines)."""
         text = self.engine.logs(
             container_id,
-            tail=None if since else LOG_FIRST_TAIL,
+            tail=LOG_SINCE_TAIL if since else LOG_FIRST_TAIL,
             since=_unix(since) if since else None,
             timestamps=True,
         )
