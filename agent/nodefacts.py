@@ -52,24 +52,43 @@ class GpuNodeFacts:
 
 def from_validation(validation: dict[str, Any] | None) -> GpuNodeFacts:
     """The facts of the GPUs the validation selected (all it saw when it selected all)."""
-    validation = validation if isinstance(validation, dict) else {}
-    nvml = (validation.get("facts") or {}).get("nvml") or {}
-    gpus = [g for g in nvml.get("gpus") or () if isinstance(g, dict) and g.get("uuid")]
+    validation = _object(validation)
+    nvml = _object(_object(validation.get("facts")).get("nvml"))
+    gpus = [g for g in _list(nvml.get("gpus")) if isinstance(g, dict) and g.get("uuid")]
     if not gpus:
         return GpuNodeFacts()
-    selected = set(validation.get("selected") or ())
-    migs = [m for g in gpus for m in g.get("mig_devices") or () if m.get("uuid") in selected]
+    selected = {s for s in _list(validation.get("selected")) if isinstance(s, str)}
+    migs = [
+        m
+        for g in gpus
+        for m in _list(g.get("mig_devices"))
+        if isinstance(m, dict) and m.get("uuid") in selected
+    ]
     chosen = [g for g in gpus if not selected or g["uuid"] in selected] or gpus
     memories = [m.get("memory_total") for m in migs] or [g.get("memory_total") for g in chosen]
     known = [m for m in memories if isinstance(m, int) and m > 0]
     return GpuNodeFacts(
         count=len(selected) if selected else len(gpus),
-        model=(chosen[0].get("name") if not migs else gpus[0].get("name")) or None,
+        model=_text((chosen[0] if not migs else gpus[0]).get("name")),
         memory_mib=min(known) // 2**20 if known else None,
         mig=bool(migs),
-        cuda_version=nvml.get("cuda_version") or None,
+        cuda_version=_text(nvml.get("cuda_version")),
         mig_profile=_mig_profiles(migs),
     )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """The recorded validation is read back from the state file: any level may have another
+    shape (an older version, a hand edit); what is not an object counts as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _mig_profiles(migs: list[dict[str, Any]]) -> str | None:

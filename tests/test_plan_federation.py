@@ -221,6 +221,26 @@ def test_facts_are_of_the_selected_gpus() -> None:
         assert from_validation(nothing) == GpuNodeFacts()
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda v: v.update(facts="x"),
+        lambda v: v.update(selected={"a": 1}),
+        lambda v: v.update(selected=[["unhashable"]]),
+        lambda v: v["facts"]["nvml"]["gpus"][0].update(mig_devices=["x", 3]),
+        lambda v: v["facts"]["nvml"]["gpus"][0].update(name={"not": "text"}),
+        lambda v: v["facts"]["nvml"].update(cuda_version=12.8),
+    ],
+)
+def test_a_recorded_validation_of_another_shape_gives_facts_not_a_traceback(change) -> None:
+    """A periodic run reads the validation back from the state file (an older version or a hand
+    edit may have left another shape there)."""
+    recorded = validation([UUIDS[0]])
+    change(recorded)
+    facts = from_validation(recorded)
+    assert "fl-mode" in node_config_facts(facts, gpu=True)
+
+
 MIG_A, MIG_B, MIG_C = (f"MIG-{c * 8}-{c * 4}-{c * 4}-{c * 4}-{c * 12}" for c in "abc")
 
 
