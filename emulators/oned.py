@@ -367,8 +367,11 @@ class OnedEmulator:
         except TemplateError as exc:
             return [False, f"[{method}] Parse error: {exc}", INTERNAL]
         names = [v for k, v in attrs if k == "NAME" and isinstance(v, str)]
-        if not names:
-            return [False, f"[{method}] No NAME in template.", ACTION]
+        if not names or not names[0]:  # PoolObjectSQL::name_is_valid (release-7.0.0)
+            return [False, f"[{method}] Invalid NAME, it cannot be empty", INTERNAL]
+        taken = [t for t, (name, _) in self.state.templates.items() if name == names[0]]
+        if taken:  # VMTemplatePool::allocate: one name per owner (every template is oneadmin's)
+            return [False, f"[{method}] NAME is already taken by TEMPLATE {taken[0]}.", INTERNAL]
         tid = max(self.state.templates, default=-1) + 1
         self.state.templates[tid] = (names[0], body)
         return [True, tid, SUCCESS]
@@ -383,7 +386,8 @@ class OnedEmulator:
             "<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A>"
             "<GROUP_U>0</GROUP_U><GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A><OTHER_U>0</OTHER_U>"
             "<OTHER_M>0</OTHER_M><OTHER_A>0</OTHER_A></PERMISSIONS><REGTIME>0</REGTIME>"
-            f"<TEMPLATE>{_template_xml(parse_template(body))}</TEMPLATE></VMTEMPLATE>"
+            f"<TEMPLATE>{_template_xml(_without_name(parse_template(body)))}</TEMPLATE>"
+            "</VMTEMPLATE>"
         )
         return [True, xml, SUCCESS]
 
@@ -403,6 +407,11 @@ class OnedEmulator:
 
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/RPC2",)
+
+
+def _without_name(attrs: list) -> list:
+    """VMTemplate::insert erases NAME from the template (release-7.0.0): it lives in <NAME>."""
+    return [(key, value) for key, value in attrs if key != "NAME"]
 
 
 def _template_xml(attrs: list[tuple[str, str | dict[str, str]]]) -> str:

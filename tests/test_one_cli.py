@@ -570,3 +570,10 @@ def test_vgpu_functions_are_listed_apart_and_never_free_gpus(monkeypatch, tmp_pa
         assert code == 2 and "not an NVIDIA GPU" in err
     finally:
         oned.stop()
+
+
+def test_registering_the_same_template_name_twice_is_refused_as_oned_does(oned, capsys):
+    """VMTemplatePool::allocate (OpenNebula release-7.0.0): one NAME per owner, INTERNAL."""
+    assert run(capsys, "template", "--gpu-address", "41:00.0", "--register")[0] == 0
+    code, _, err = run(capsys, "template", "--gpu-address", "41:00.0", "--register")
+    assert code == 1 and "NAME is already taken by TEMPLATE 5" in err
